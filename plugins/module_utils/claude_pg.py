@@ -1,0 +1,111 @@
+# -*- coding: utf-8 -*-
+"""What the kit's PostgreSQL modules share: connection options, connecting, identifiers.
+
+Options mirror community.postgresql's (login_user, login_password, login_host,
+login_unix_socket, login_port, ssl_mode, ca_cert, ...), so a play can pass the
+same values to both. Passwords are always no_log.
+"""
+
+from __future__ import annotations
+
+import re
+
+try:
+    import psycopg2
+    from psycopg2 import sql
+
+    HAS_PSYCOPG2 = True
+    PSYCOPG2_IMPORT_ERROR = None
+except ImportError as exc:  # pragma: no cover - reported through the module
+    HAS_PSYCOPG2 = False
+    PSYCOPG2_IMPORT_ERROR = exc
+    psycopg2 = None
+    sql = None
+
+# Identifiers the kit accepts from users: what PostgreSQL accepts unquoted, up
+# to its 63-byte limit. They are still always passed quoted (sql.Identifier).
+IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+
+
+def pg_argument_spec():
+    """Connection options, as in community.postgresql's modules."""
+    return dict(
+        login_user=dict(type="str", default="postgres", aliases=["login"]),
+        login_password=dict(type="str", default="", no_log=True),
+        login_host=dict(type="str", default=""),
+        login_unix_socket=dict(type="str", default=""),
+        login_port=dict(type="int", default=5432, aliases=["port"]),
+        # Same default as community.postgresql; it does not matter on the local
+        # socket the roles use. Over TCP in production use verify-full + ca_cert.
+        ssl_mode=dict(
+            type="str",
+            default="prefer",
+            choices=["allow", "disable", "prefer", "require", "verify-ca", "verify-full"],
+        ),
+        ca_cert=dict(type="path", aliases=["ssl_rootcert"]),
+        ssl_cert=dict(type="path"),
+        ssl_key=dict(type="path"),
+        connect_timeout=dict(type="int", default=10),
+    )
+
+
+def connect_kwargs(params, db):
+    """psycopg2.connect() keyword arguments from module params (pure; unit-tested)."""
+    kwargs = {
+        "dbname": db,
+        "user": params.get("login_user") or None,
+        "password": params.get("login_password") or None,
+        "port": params.get("login_port"),
+        "sslmode": params.get("ssl_mode"),
+        "sslrootcert": params.get("ca_cert"),
+        "sslcert": params.get("ssl_cert"),
+        "sslkey": params.get("ssl_key"),
+        "connect_timeout": params.get("connect_timeout"),
+        "application_name": "claude-kit",
+    }
+    host = params.get("login_host") or params.get("login_unix_socket")
+    if host:
+        kwargs["host"] = host
+    return {key: value for key, value in kwargs.items() if value not in (None, "")}
+
+
+def ensure_psycopg2(module):
+    if not HAS_PSYCOPG2:
+        module.fail_json(
+            msg="psycopg2 is required on the managed host (Debian: python3-psycopg2)",
+            exception=str(PSYCOPG2_IMPORT_ERROR),
+        )
+
+
+def connect(module, db, autocommit=False):
+    """Connect or fail the module with a message that says where it tried."""
+    ensure_psycopg2(module)
+    kwargs = connect_kwargs(module.params, db)
+    try:
+        conn = psycopg2.connect(**kwargs)
+    except psycopg2.Error as exc:
+        where = kwargs.get("host", "the local socket")
+        module.fail_json(msg=f"cannot connect to database {db!r} on {where} port {kwargs.get('port')}: {exc}".strip())
+    conn.autocommit = autocommit
+    return conn
+
+
+def check_identifier(name, what):
+    """Return name if it is a plain identifier, else raise ValueError naming `what`."""
+    if not isinstance(name, str) or not IDENTIFIER_RE.match(name):
+        raise ValueError(f"{what} {name!r} is not a valid identifier (letters, digits, _ and $; at most 63)")
+    return name
+
+
+def split_qualified(name, default_schema):
+    """'schema.table' or 'table' -> (schema, table), both checked."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"table name {name!r} is empty or not a string")
+    parts = name.split(".")
+    if len(parts) == 1:
+        schema, table = default_schema, parts[0]
+    elif len(parts) == 2:
+        schema, table = parts
+    else:
+        raise ValueError(f"table name {name!r} has more than one dot")
+    return check_identifier(schema, "schema"), check_identifier(table, "table")

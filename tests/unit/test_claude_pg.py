@@ -1,0 +1,48 @@
+"""claude_pg: connection arguments and identifier checks."""
+
+import pytest
+from ansible.module_utils import claude_pg
+
+
+def params(**overrides):
+    base = {key: spec.get("default") for key, spec in claude_pg.pg_argument_spec().items()}
+    base.update(overrides)
+    return base
+
+
+def test_every_password_option_is_no_log():
+    spec = claude_pg.pg_argument_spec()
+    assert [k for k, v in spec.items() if "password" in k] == ["login_password"]
+    assert spec["login_password"]["no_log"] is True
+
+
+def test_socket_connection_has_no_host_and_no_password():
+    kwargs = claude_pg.connect_kwargs(params(), "claude_daemon")
+    assert kwargs["dbname"] == "claude_daemon"
+    assert "host" not in kwargs and "password" not in kwargs
+    assert kwargs["port"] == 5432
+
+
+def test_tcp_connection_with_tls():
+    kwargs = claude_pg.connect_kwargs(
+        params(login_host="db1", login_password="s3cret", ssl_mode="verify-full", ca_cert="/ca.pem"), "d"
+    )
+    assert (kwargs["host"], kwargs["password"], kwargs["sslmode"], kwargs["sslrootcert"]) == ("db1", "s3cret", "verify-full", "/ca.pem")
+
+
+@pytest.mark.parametrize("name", ["usage_data", "_x", "A1$"])
+def test_valid_identifiers(name):
+    assert claude_pg.check_identifier(name, "table") == name
+
+
+@pytest.mark.parametrize("name", ["", "1abc", "a-b", 'x"; DROP TABLE users; --', "a" * 64, None])
+def test_invalid_identifiers_name_what_they_are(name):
+    with pytest.raises(ValueError, match="table"):
+        claude_pg.check_identifier(name, "table")
+
+
+def test_split_qualified():
+    assert claude_pg.split_qualified("alerts", "public") == ("public", "alerts")
+    assert claude_pg.split_qualified("claude_kit.schema_migrations", "public") == ("claude_kit", "schema_migrations")
+    with pytest.raises(ValueError, match="more than one dot"):
+        claude_pg.split_qualified("a.b.c", "public")
