@@ -10,8 +10,9 @@ module: pg_row_counts
 short_description: Row counts, oldest and newest record of PostgreSQL tables
 description:
   - For each listed table (by default every table of I(schema)) returns the number of rows and,
-    where the table has the I(timestamp_column), its oldest and newest value: the guide's
-    "Migration Verification" table (table_name, record_count, oldest_record, newest_record).
+    where the table has the I(timestamp_column), its oldest and newest value. That is the guide's
+    "Migration Verification" table, with the columns table_name, record_count, oldest_record
+    and newest_record.
   - I(mode=exact) counts every row with C(count(*)). I(mode=estimate) reads the planner's
     estimate from the catalog (C(pg_class.reltuples)) instead, which is instant on large tables
     but only as fresh as the last ANALYZE or VACUUM.
