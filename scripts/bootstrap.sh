@@ -41,8 +41,10 @@ apt_install_missing() {
 step_packages() {
   if [ -f /etc/debian_version ]; then
     # python3-venv: the venv; debootstrap: base images; docker.io: the engine;
-    # postgresql-client: psql for README's lab example and the tests' diagnostics.
-    local pkgs=(debootstrap postgresql-client sqlite3 curl ca-certificates)
+    # postgresql-client: psql for README's lab example and the tests' diagnostics;
+    # postgresql, redis-server: binaries for the throwaway servers of the unit
+    # tests (tests/pgserver.py); sqlite3, pgloader: the migration benchmark's peers.
+    local pkgs=(debootstrap postgresql postgresql-client redis-server sqlite3 pgloader curl ca-certificates)
     "$PYTHON" -m venv --help >/dev/null 2>&1 || pkgs+=(python3-venv)
     docker info >/dev/null 2>&1 || pkgs+=(docker.io)
     apt_install_missing "${pkgs[@]}"

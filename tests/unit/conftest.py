@@ -8,6 +8,8 @@ import importlib.util
 import pathlib
 import sys
 
+import pytest
+
 import ansible.module_utils
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -21,3 +23,16 @@ def load(relpath, name):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real, throwaway PostgreSQL server (tests/pgserver.py), shared by the session."""
+    from pgserver import PgServer
+
+    server = PgServer().start()
+    yield server
+    server.stop()
