@@ -117,7 +117,11 @@ def test_restart_only_setting_costs_exactly_one_restart(host, shared_buffers_dri
 # --- schema migrations, through the role, in a database of their own ---------------
 
 PROBE_DB = "claude_probe"
-MIGRATION_ARGS = ("-e", f"postgresql_db_name={PROBE_DB}", "--tags", "postgresql_database,postgresql_schema")
+MIGRATION_ARGS = (
+    "-e", f"postgresql_db_name={PROBE_DB}",
+    "-e", "postgresql_schema_remote_dir=/var/lib/claude-kit/schema-probe",
+    "--tags", "postgresql_database,postgresql_schema",
+)
 
 
 @pytest.fixture(scope="module")

@@ -117,8 +117,8 @@ def test_tables_created_later_are_covered_by_default_privileges(host):
 
 
 def test_guide_tables_and_indexes_exist(host):
-    tables = psql(host, "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")
-    assert tables == ["alerts", "predictions", "usage_data", "users"]
+    tables = set(psql(host, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))
+    assert {"alerts", "predictions", "usage_data", "users"} <= tables
     indexes = set(psql(host, "SELECT indexname FROM pg_indexes WHERE schemaname = 'public'"))
     assert {
         "idx_usage_data_timestamp",
@@ -130,10 +130,18 @@ def test_guide_tables_and_indexes_exist(host):
     } <= indexes
 
 
-def test_schema_version_recorded_with_checksum(host):
-    digest = hashlib.sha256((PROJECT_DIR / "files" / "schema.sql").read_bytes()).hexdigest()
+def test_every_schema_version_recorded_with_its_checksum(host):
+    expected = []
+    for path in sorted((PROJECT_DIR / "files").glob("*.sql")):
+        if path.name == "schema.sql":
+            version, name = 1, "schema"
+        else:
+            number, _, rest = path.stem.partition("_")
+            version, name = int(number), rest
+        expected.append(f"{version}|{name}|{hashlib.sha256(path.read_bytes()).hexdigest()}")
     rows = psql(host, "SELECT version, name, checksum FROM claude_kit.schema_migrations ORDER BY version")
-    assert rows == [f"1|schema|{digest}"]
+    assert rows == sorted(expected, key=lambda row: int(row.split("|")[0]))
+    assert rows[0].startswith("1|schema|")
 
 
 def test_tuning_is_live_at_the_guides_values(host):
