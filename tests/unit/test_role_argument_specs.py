@@ -25,7 +25,7 @@ def run_role(tmp_path, extra_vars):
     )
     proc = subprocess.run(
         [
-            "ansible-playbook", "--check", str(playbook), "-i", "localhost,",
+            os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "--check", str(playbook), "-i", "localhost,",
             "-e", json.dumps({"ansible_python_interpreter": sys.executable, **extra_vars}),
         ],
         capture_output=True,

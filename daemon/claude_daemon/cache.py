@@ -1,0 +1,152 @@
+"""Read cache in Redis, invalidated on every write.
+
+Keys (all under "claude:", the only pattern the daemon's Redis ACL allows):
+  claude:ver:<table>                      a counter, INCR'd by every write to the table
+  claude:q:<table>:<version>:<digest>     a cached response, SET with EX=CACHE_TTL
+
+A read first GETs the table's version and looks for the response under that
+version; a write INCRs the version, so every response cached before it
+becomes unreachable at once (and expires by itself) without KEYS or SCAN.
+Only PING GET SET INCR are used (the ACL also allows DEL UNLINK EXPIRE EXISTS).
+
+Redis is optional: with REDIS_URL empty the cache is "disabled"; when it
+does not answer within 0.2 s it is "down" for RETRY_AFTER seconds, reads go
+straight to the database (X-Cache: BYPASS) and writes remember which tables
+to invalidate, which is done first thing once Redis answers again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+
+import redis
+
+log = logging.getLogger("claude_daemon.cache")
+
+SOCKET_TIMEOUT = 0.2
+RETRY_AFTER = 1.0
+HIT, MISS, BYPASS = "HIT", "MISS", "BYPASS"
+
+
+class Cache:
+    def __init__(self, url, ttl, prefix="claude:", client=None, clock=time.monotonic):
+        self.ttl = ttl
+        self.prefix = prefix
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._down_until = 0.0
+        self._was_down = False
+        self._pending = set()  # tables whose invalidation has not reached Redis yet
+        self._errors = (redis.RedisError, OSError)
+        self.client = client
+        if client is None and url:
+            # No retries inside redis-py: one slow answer is enough to bypass.
+            self.client = redis.Redis.from_url(
+                url,
+                socket_timeout=SOCKET_TIMEOUT,
+                socket_connect_timeout=SOCKET_TIMEOUT,
+                retry_on_timeout=False,
+                health_check_interval=0,
+            )
+
+    @property
+    def enabled(self):
+        return self.client is not None
+
+    # -- availability --------------------------------------------------------------------
+    def _available(self):
+        return self.enabled and self._clock() >= self._down_until
+
+    def _failed(self, exc):
+        with self._lock:
+            self._down_until = self._clock() + RETRY_AFTER
+            first = not self._was_down
+            self._was_down = True
+        if first:
+            log.warning("redis unavailable (%s: %s); serving uncached", type(exc).__name__, exc)
+
+    def _succeeded(self):
+        if self._was_down:
+            with self._lock:
+                self._was_down = False
+            log.info("redis available again")
+
+    def status(self):
+        """'disabled', 'ok' or 'down' (a live PING unless Redis failed within RETRY_AFTER)."""
+        if not self.enabled:
+            return "disabled"
+        if not self._available():
+            return "down"
+        try:
+            self.client.ping()
+        except self._errors as exc:
+            self._failed(exc)
+            return "down"
+        self._succeeded()
+        return "ok"
+
+    # -- reads ---------------------------------------------------------------------------
+    def _flush_pending(self):
+        with self._lock:
+            pending = sorted(self._pending)
+        for table in pending:
+            # Not client.incr(): redis-py sends that as INCRBY, which the ACL refuses.
+            self.client.execute_command("INCR", f"{self.prefix}ver:{table}")
+            with self._lock:
+                self._pending.discard(table)
+
+    def get_or_load(self, table, key_parts, loader):
+        """(value, 'HIT'|'MISS'|'BYPASS'); value must be JSON-serialisable."""
+        if not self._available():
+            return loader(), BYPASS
+        digest = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:32]
+        try:
+            self._flush_pending()
+            version = self.client.get(f"{self.prefix}ver:{table}")
+            version = version.decode() if version is not None else "0"
+            key = f"{self.prefix}q:{table}:{version}:{digest}"
+            cached = self.client.get(key)
+        except self._errors as exc:
+            self._failed(exc)
+            return loader(), BYPASS
+        self._succeeded()
+        if cached is not None:
+            try:
+                return json.loads(cached), HIT
+            except ValueError:
+                log.warning("unreadable cache entry %s ignored", key)
+        # The version was read before the database: if a write lands meanwhile,
+        # this (possibly older) result is stored under the old version, which
+        # no reader asks for any more.
+        value = loader()
+        try:
+            self.client.set(key, json.dumps(value, separators=(",", ":")), ex=self.ttl)
+        except self._errors as exc:
+            self._failed(exc)
+        return value, MISS
+
+    # -- writes --------------------------------------------------------------------------
+    def invalidate(self, table):
+        if not self.enabled:
+            return
+        with self._lock:
+            self._pending.add(table)
+        if not self._available():
+            return
+        try:
+            self._flush_pending()
+        except self._errors as exc:
+            self._failed(exc)
+        else:
+            self._succeeded()
+
+    def close(self):
+        if self.client is not None:
+            try:
+                self.client.close()
+            except Exception:  # noqa: BLE001
+                pass

@@ -1,0 +1,206 @@
+"""Configuration, read only from environment variables.
+
+The guide's variables (DB_TYPE, DB_HOST, DB_PORT, DB_NAME, DB_USER,
+DB_PASSWORD / DB_PASSWORD_FILE, DATABASE_PATH, REDIS_URL, NODE_ENV,
+BMAD_EXECUTION_ENABLED, AUTO_PROJECT_GENERATION) plus the kit's optional
+extras. Every value is checked once, at start; a bad one raises ConfigError
+whose message starts with the variable's name, and the daemon exits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import urllib.parse
+
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+class ConfigError(ValueError):
+    """A variable has a value the daemon cannot use; str() names the variable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    db_type: str = "postgresql"
+    db_host: str = "localhost"
+    db_port: int = 5432
+    db_name: str = "claude_daemon"
+    db_user: str = "claude_app"
+    db_password: str = dataclasses.field(default="", repr=False)
+    database_path: str = "/data/claude-daemon.db"
+    redis_url: str = dataclasses.field(default="", repr=False)
+    node_env: str = "development"
+    bmad_execution_enabled: bool = False
+    auto_project_generation: bool = False
+    port: int = 5000
+    db_pool_max: int = 20
+    db_idle_timeout: float = 30.0
+    db_connect_timeout: int = 2
+    db_sslmode: str | None = None
+    db_sslrootcert: str | None = None
+    cache_ttl: int = 30
+    usage_interval: float = 60.0
+    reconcile_interval: float = 10.0
+
+    @property
+    def features(self):
+        return {
+            "bmad_execution": self.bmad_execution_enabled,
+            "auto_project_generation": self.auto_project_generation,
+        }
+
+    @property
+    def redis_url_redacted(self):
+        return redact_url(self.redis_url)
+
+    def summary(self):
+        """One loggable line; never contains a password."""
+        parts = [f"db_type={self.db_type}"]
+        if self.db_type == "postgresql":
+            parts.append(f"db={self.db_user}@{self.db_host}:{self.db_port}/{self.db_name}")
+            parts.append(f"sslmode={self.db_sslmode or 'libpq-default'}")
+            parts.append(f"pool_max={self.db_pool_max}")
+        parts.append(f"sqlite={self.database_path}")
+        parts.append(f"redis={self.redis_url_redacted or 'disabled'}")
+        parts.append(f"port={self.port} node_env={self.node_env}")
+        return " ".join(parts)
+
+
+def redact_url(url):
+    """redis://user:secret@host:6379/0 -> redis://user:***@host:6379/0."""
+    if not url:
+        return ""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<unparseable>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _text(env, name, default):
+    value = env.get(name)
+    if value is None or value == "":
+        return default
+    return value
+
+
+def _int(env, name, default, minimum=None, maximum=None):
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip(), 10)
+    except ValueError:
+        raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{name}: must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name}: must be at most {maximum}, got {value}")
+    return value
+
+
+def _seconds(env, name, default, minimum=0.01):
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number of seconds, got {raw!r}") from None
+    if not value >= minimum or value == float("inf"):  # also rejects NaN
+        raise ConfigError(f"{name}: must be a finite number of seconds >= {minimum}, got {raw!r}")
+    return value
+
+
+def _bool(env, name, default=False):
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    low = raw.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ConfigError(f"{name}: expected true/false (also 1/0, yes/no, on/off), got {raw!r}")
+
+
+def _password(env):
+    path = env.get("DB_PASSWORD_FILE")
+    if path:  # the file wins over DB_PASSWORD (Docker secrets)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                value = fh.read()
+        except OSError as exc:
+            raise ConfigError(f"DB_PASSWORD_FILE: cannot read {path}: {exc.strerror}") from None
+        if value.endswith("\r\n"):
+            return value[:-2]
+        return value[:-1] if value.endswith("\n") else value
+    return env.get("DB_PASSWORD", "")
+
+
+def _redis_url(env):
+    url = env.get("REDIS_URL", "").strip()
+    if not url:
+        return ""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises ValueError on a non-numeric port
+    except ValueError:
+        raise ConfigError(f"REDIS_URL: not a valid URL ({redact_url(url)})") from None
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ConfigError(f"REDIS_URL: expected redis://[user:password@]host[:port][/db], got {redact_url(url)}")
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ConfigError(f"REDIS_URL: the database number must be an integer, got {path!r}")
+    del port
+    return url
+
+
+def load(env):
+    """Build a Config from a mapping such as os.environ; raise ConfigError on a bad value."""
+    db_type = _text(env, "DB_TYPE", "postgresql").strip().lower()
+    if db_type not in ("postgresql", "sqlite"):
+        raise ConfigError(f"DB_TYPE: expected 'postgresql' or 'sqlite', got {env.get('DB_TYPE')!r}")
+    node_env = _text(env, "NODE_ENV", "development").strip()
+
+    sslmode = _text(env, "DB_SSLMODE", None)
+    if sslmode is not None and sslmode not in SSLMODES:
+        raise ConfigError(f"DB_SSLMODE: expected one of {', '.join(SSLMODES)}, got {sslmode!r}")
+    sslrootcert = _text(env, "DB_SSLROOTCERT", None)
+    if sslmode is None and sslrootcert and node_env == "production":
+        # The guide's production TLS sets rejectUnauthorized: false, which
+        # encrypts but accepts any certificate, so a man in the middle can
+        # read the password. Given a CA, production verifies both the chain
+        # and the host name unless DB_SSLMODE explicitly says otherwise.
+        sslmode = "verify-full"
+
+    database_path = _text(env, "DATABASE_PATH", "/data/claude-daemon.db")
+    return Config(
+        db_type=db_type,
+        db_host=_text(env, "DB_HOST", "localhost"),
+        db_port=_int(env, "DB_PORT", 5432, 1, 65535),
+        db_name=_text(env, "DB_NAME", "claude_daemon"),
+        db_user=_text(env, "DB_USER", "claude_app"),
+        db_password=_password(env),
+        database_path=database_path,
+        redis_url=_redis_url(env),
+        node_env=node_env,
+        bmad_execution_enabled=_bool(env, "BMAD_EXECUTION_ENABLED"),
+        auto_project_generation=_bool(env, "AUTO_PROJECT_GENERATION"),
+        port=_int(env, "PORT", 5000, 1, 65535),
+        db_pool_max=_int(env, "DB_POOL_MAX", 20, 1, 1000),
+        db_idle_timeout=_seconds(env, "DB_IDLE_TIMEOUT", 30.0),
+        # libpq takes whole seconds (and treats 1 as 2).
+        db_connect_timeout=_int(env, "DB_CONNECT_TIMEOUT", 2, 1, 600),
+        db_sslmode=sslmode,
+        db_sslrootcert=sslrootcert,
+        cache_ttl=_int(env, "CACHE_TTL", 30, 1, 86400),
+        usage_interval=_seconds(env, "USAGE_INTERVAL", 60.0),
+        reconcile_interval=_seconds(env, "RECONCILE_INTERVAL", 10.0),
+    )

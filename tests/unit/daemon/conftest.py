@@ -1,0 +1,159 @@
+"""Fixtures for the daemon's tests: a least-privilege PostgreSQL database on the
+session's throwaway cluster, a real Redis with the kit's ACL, and the daemon
+started in-process or as a subprocess. Helpers live in daemon_helpers.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from .daemon_helpers import (APP, APP_PASSWORD, OWNER, REDIS_ADMIN_PASSWORD, REDIS_PASSWORD, REDIS_USER, ROOT,
+                            DaemonProcess, PgDb, RedisServer, free_port)
+
+
+@pytest.fixture(scope="session")
+def pg_db(pg_server):
+    """A database set up the way the kit does it: tables owned by a NOLOGIN owner
+    role, schema.sql and the numbered migrations applied AS the owner, and an
+    application role limited to DML through grants and default privileges."""
+    name = "daemon_" + uuid.uuid4().hex[:8]
+    pg_server.psql(
+        f"DO $$ BEGIN "
+        f"IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{OWNER}') THEN CREATE ROLE {OWNER} NOLOGIN; END IF; "
+        f"IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{APP}') THEN CREATE ROLE {APP} LOGIN; END IF; "
+        f"END $$; ALTER ROLE {APP} PASSWORD '{APP_PASSWORD}'")
+    pg_server.psql(f'CREATE DATABASE "{name}" OWNER {OWNER}')
+    pg_server.psql(
+        f'REVOKE ALL ON DATABASE "{name}" FROM PUBLIC; GRANT CONNECT ON DATABASE "{name}" TO {APP}; '
+        f"REVOKE ALL ON SCHEMA public FROM PUBLIC; GRANT USAGE ON SCHEMA public TO {APP}; "
+        f"ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER} IN SCHEMA public "
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {APP}; "
+        f"ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER} IN SCHEMA public GRANT USAGE, SELECT ON SEQUENCES TO {APP};",
+        name)
+    pg_server.psql(f"SET ROLE {OWNER};\n" + (ROOT / "files" / "schema.sql").read_text(), name)
+    pg_server.psql(
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {APP}; "
+        f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {APP};", name)
+    # Later migrations, like the kit's pg_schema_migrate: as the owner, no
+    # explicit grant (the default privileges must cover them).
+    for path in sorted((ROOT / "files").glob("[0-9][0-9][0-9][0-9]_*.sql")):
+        pg_server.psql(f"SET ROLE {OWNER};\n" + path.read_text(), name)
+    return PgDb(pg_server, name)
+
+
+@pytest.fixture
+def pg(pg_db):
+    """The database, emptied before the test."""
+    pg_db.truncate()
+    return pg_db
+
+
+@pytest.fixture
+def pg_paused(pg_server):
+    """Stop the cluster for the test (resumed afterwards, whatever happens)."""
+    pg_server.pause()
+    state = {"paused": True}
+
+    def resume():
+        if state["paused"]:
+            pg_server.resume()
+            state["paused"] = False
+
+    yield resume
+    resume()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    import redis
+
+    binary = "/usr/bin/redis-server"
+    assert os.path.exists(binary), "redis-server missing: apt-get install -y redis-server (scripts/bootstrap.sh does)"
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--daemonize", "no", "--dir", str(workdir), "--requirepass", REDIS_ADMIN_PASSWORD],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    admin = redis.Redis(host="127.0.0.1", port=port, password=REDIS_ADMIN_PASSWORD, socket_timeout=2)
+    deadline = time.time() + 10
+    while True:
+        try:
+            admin.ping()
+            break
+        except redis.ConnectionError:
+            if time.time() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.05)
+    # The kit's ACL for the daemon: these commands, on claude:* keys, nothing else.
+    admin.execute_command(
+        "ACL", "SETUSER", REDIS_USER, "reset", "on", f">{REDIS_PASSWORD}", "~claude:*", "resetchannels",
+        "-@all", "+ping", "+get", "+set", "+del", "+unlink", "+incr", "+expire", "+exists")
+    server = RedisServer(port, proc, admin)
+    yield server
+    server.thaw()
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_clean(redis_server):
+    redis_server.admin.flushall()
+    return redis_server
+
+
+@pytest.fixture
+def start_app():
+    """start_app(cfg) -> a running in-process daemon on a free port; stopped after the test."""
+    from claude_daemon.api import App
+
+    apps = []
+
+    def start(cfg, background=True):
+        app = App(cfg).start(host="127.0.0.1", port=0, background=background)
+        apps.append(app)
+        return app
+
+    yield start
+    for app in apps:
+        app.stop()
+
+
+@pytest.fixture
+def databases():
+    """databases(cfg, start=True) -> a Database; closed after the test."""
+    from claude_daemon.db import Database
+
+    created = []
+
+    def make(cfg, start=True, background=False):
+        db = Database(cfg)
+        created.append(db)
+        if start:
+            db.start(background=background)
+        return db
+
+    yield make
+    for db in created:
+        db.close()
+
+
+@pytest.fixture
+def daemon_process(tmp_path):
+    procs = []
+
+    def start(env):
+        proc = DaemonProcess(env, tmp_path / f"daemon-{len(procs)}.log")
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop(signal.SIGKILL)

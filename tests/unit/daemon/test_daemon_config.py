@@ -1,0 +1,104 @@
+"""Configuration from the environment: defaults, parsing, errors naming the variable."""
+
+import pytest
+
+from claude_daemon import config
+from claude_daemon.config import ConfigError
+from claude_daemon.errors import StoreUnavailable
+from claude_daemon.stores import PgStore
+
+
+def test_defaults_are_the_guides():
+    cfg = config.load({})
+    assert (cfg.db_type, cfg.db_host, cfg.db_port, cfg.db_name, cfg.db_user) == (
+        "postgresql", "localhost", 5432, "claude_daemon", "claude_app")
+    assert cfg.database_path == "/data/claude-daemon.db"
+    assert cfg.redis_url == ""
+    assert (cfg.port, cfg.db_pool_max, cfg.db_idle_timeout, cfg.db_connect_timeout) == (5000, 20, 30.0, 2)
+    assert (cfg.cache_ttl, cfg.usage_interval, cfg.reconcile_interval) == (30, 60.0, 10.0)
+    assert cfg.db_sslmode is None and cfg.db_sslrootcert is None
+    assert cfg.features == {"bmad_execution": False, "auto_project_generation": False}
+
+
+def test_values_are_parsed():
+    cfg = config.load({
+        "DB_TYPE": "SQLite", "DB_PORT": "6543", "PORT": "5001", "DB_POOL_MAX": "7", "DB_IDLE_TIMEOUT": "1.5",
+        "DB_CONNECT_TIMEOUT": "4", "CACHE_TTL": "12", "USAGE_INTERVAL": "0.5", "RECONCILE_INTERVAL": "3",
+        "BMAD_EXECUTION_ENABLED": "true", "AUTO_PROJECT_GENERATION": "0", "DATABASE_PATH": "/tmp/x.db",
+        "REDIS_URL": "redis://claude:pw@redis:6379/0",
+    })
+    assert cfg.db_type == "sqlite" and cfg.db_port == 6543 and cfg.port == 5001 and cfg.db_pool_max == 7
+    assert cfg.db_idle_timeout == 1.5 and cfg.db_connect_timeout == 4 and cfg.cache_ttl == 12
+    assert cfg.usage_interval == 0.5 and cfg.reconcile_interval == 3.0 and cfg.database_path == "/tmp/x.db"
+    assert cfg.features == {"bmad_execution": True, "auto_project_generation": False}
+    assert cfg.redis_url == "redis://claude:pw@redis:6379/0"
+
+
+@pytest.mark.parametrize("raw,expected", [("yes", True), ("ON", True), ("1", True), ("False", False),
+                                          ("off", False), ("no", False), ("", False)])
+def test_booleans(raw, expected):
+    assert config.load({"BMAD_EXECUTION_ENABLED": raw}).bmad_execution_enabled is expected
+
+
+@pytest.mark.parametrize("name,value", [
+    ("PORT", "abc"), ("PORT", "0"), ("PORT", "65536"), ("DB_PORT", "5432x"), ("DB_POOL_MAX", "0"),
+    ("DB_IDLE_TIMEOUT", "-1"), ("DB_IDLE_TIMEOUT", "nan"), ("DB_CONNECT_TIMEOUT", "1.5"),
+    ("CACHE_TTL", "0"), ("USAGE_INTERVAL", "inf"), ("RECONCILE_INTERVAL", "soon"), ("DB_TYPE", "mysql"),
+    ("BMAD_EXECUTION_ENABLED", "maybe"), ("AUTO_PROJECT_GENERATION", "2"), ("DB_SSLMODE", "strict"),
+    ("REDIS_URL", "http://redis:6379"), ("REDIS_URL", "redis://redis:port/0"), ("REDIS_URL", "redis://redis/x"),
+])
+def test_bad_value_names_the_variable(name, value):
+    with pytest.raises(ConfigError) as err:
+        config.load({name: value})
+    assert str(err.value).startswith(f"{name}:")
+
+
+def test_password_file_wins_and_loses_only_its_trailing_newline(tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_text("  s3cret with spaces \n")
+    cfg = config.load({"DB_PASSWORD": "from-env", "DB_PASSWORD_FILE": str(secret)})
+    assert cfg.db_password == "  s3cret with spaces "
+    secret.write_text("crlf\r\n")
+    assert config.load({"DB_PASSWORD_FILE": str(secret)}).db_password == "crlf"
+    secret.write_text("no-newline")
+    assert config.load({"DB_PASSWORD_FILE": str(secret)}).db_password == "no-newline"
+    assert config.load({"DB_PASSWORD": "from-env"}).db_password == "from-env"
+
+
+def test_unreadable_password_file_names_the_variable(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        config.load({"DB_PASSWORD_FILE": str(tmp_path / "missing")})
+    assert str(err.value).startswith("DB_PASSWORD_FILE:")
+
+
+def test_production_with_a_ca_verifies_the_server():
+    env = {"NODE_ENV": "production", "DB_SSLROOTCERT": "/etc/ssl/ca.pem"}
+    assert config.load(env).db_sslmode == "verify-full"
+    assert config.load({**env, "DB_SSLMODE": "require"}).db_sslmode == "require"  # explicit wins
+    assert config.load({"NODE_ENV": "development", "DB_SSLROOTCERT": "/ca.pem"}).db_sslmode is None
+    assert config.load({"NODE_ENV": "production"}).db_sslmode is None  # no CA: libpq's default
+
+
+def test_ssl_settings_reach_libpq(pg_db):
+    """sslmode=require against the test cluster (no TLS) must fail: the setting is really passed."""
+    cfg = config.load(pg_db.env(DB_SSLMODE="require"))
+    store = PgStore(cfg)
+    try:
+        with pytest.raises(StoreUnavailable) as err:
+            store.ping()
+        assert "SSL" in str(err.value)
+    finally:
+        store.close()
+    store = PgStore(config.load(pg_db.env(DB_SSLMODE="disable")))
+    try:
+        store.ping()
+    finally:
+        store.close()
+
+
+def test_secrets_never_appear_in_repr_or_summary(tmp_path):
+    cfg = config.load({"DB_PASSWORD": "pg-pass-123", "REDIS_URL": "redis://claude:redis-pass-456@cache:6379/0"})
+    for text in (repr(cfg), cfg.summary()):
+        assert "pg-pass-123" not in text and "redis-pass-456" not in text
+    assert "redis://claude:***@cache:6379/0" in cfg.summary()
+    assert config.redact_url("redis://cache:6379") == "redis://cache:6379"

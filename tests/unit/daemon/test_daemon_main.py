@@ -1,0 +1,53 @@
+"""python3 -m claude_daemon as a real process: configuration errors, logs, SIGTERM."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+from .daemon_helpers import APP_PASSWORD, DAEMON_DIR, REDIS_PASSWORD, free_port, request
+
+
+def run_with(env, timeout=10):
+    full = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(DAEMON_DIR), **env}
+    return subprocess.run([sys.executable, "-m", "claude_daemon"], env=full, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def test_a_bad_value_stops_the_start_with_the_variables_name():
+    done = run_with({"PORT": "abc", "DB_TYPE": "sqlite", "DATABASE_PATH": "/tmp/unused.db"})
+    assert done.returncode == 2
+    assert "PORT: expected an integer, got 'abc'" in done.stderr
+    assert "PORT: expected an integer" in done.stdout  # and in the log
+    done = run_with({"DB_TYPE": "oracle"})
+    assert done.returncode == 2 and "DB_TYPE:" in done.stderr
+
+
+def test_serves_logs_one_line_per_event_without_secrets_and_stops_cleanly(pg, redis_clean, tmp_path,
+                                                                         daemon_process):
+    secret_file = tmp_path / "db_password"
+    secret_file.write_text(APP_PASSWORD + "\n")
+    env = pg.env(PORT=free_port(), DATABASE_PATH=tmp_path / "f.db", REDIS_URL=redis_clean.url,
+                 USAGE_INTERVAL=3600, NODE_ENV="production", AUTO_PROJECT_GENERATION="yes",
+                 DB_PASSWORD_FILE=secret_file)
+    env["DB_PASSWORD"] = "wrong-but-the-file-wins"
+    daemon = daemon_process(env)
+    daemon.wait_healthy(database="postgresql")
+    health = daemon.health().json
+    assert health["redis"] == "ok" and health["features"] == {"bmad_execution": False,
+                                                              "auto_project_generation": True}
+    for _ in range(4):
+        assert request(daemon.port, "GET", "/api/alerts").status == 200
+    assert request(daemon.port, "GET", "/api/nothing").status == 404
+    # SIGTERM: stop accepting, store the partial usage interval, exit 0.
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert pg.psql("SELECT requests_count, error_count FROM usage_data").strip() == "5|1"
+    log = daemon.log()
+    assert APP_PASSWORD not in log and REDIS_PASSWORD not in log and "wrong-but-the-file-wins" not in log
+    lines = log.splitlines()
+    stamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) \S+ ")
+    assert lines and all(stamp.match(line) for line in lines), [x for x in lines if not stamp.match(x)][:3]
+    assert any("received SIGTERM" in x for x in lines) and lines[-1].endswith("stopped")
+    assert any("redis://claude:***@" in x for x in lines)
+    assert "Traceback" not in log
