@@ -44,7 +44,8 @@ step_packages() {
     # postgresql-client: psql for README's lab example and the tests' diagnostics;
     # postgresql, redis-server: binaries for the throwaway servers of the unit
     # tests (tests/pgserver.py); sqlite3, pgloader: the migration benchmark's peers.
-    local pkgs=(debootstrap postgresql postgresql-client redis-server sqlite3 pgloader curl ca-certificates)
+    # chromium: the browser test of the dashboard (molecule stack scenario).
+    local pkgs=(debootstrap postgresql postgresql-client redis-server sqlite3 pgloader chromium curl ca-certificates)
     "$PYTHON" -m venv --help >/dev/null 2>&1 || pkgs+=(python3-venv)
     docker info >/dev/null 2>&1 || pkgs+=(docker.io)
     apt_install_missing "${pkgs[@]}"

@@ -1,0 +1,219 @@
+"""The whole stack, as its users see it: everything goes through Nginx.
+
+The tests run in file order: they stop and start PostgreSQL and a daemon, so
+each later test starts from the state the earlier one leaves.
+"""
+
+import html.parser
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+import testinfra
+import testinfra.utils.ansible_runner
+
+INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY).get_hosts("web")
+
+RUN_ID = uuid.uuid4().hex[:8]
+
+
+def get_host(name):
+    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
+
+
+DATA = get_host("stack-data")
+APPS = [get_host("stack-app1"), get_host("stack-app2")]
+PG_SERVICE = "postgresql@15-main"
+
+
+def base_url():
+    return f"http://{DATA.interface('eth0').addresses[0]}"
+
+
+def http(method, path, body=None, timeout=10):
+    """One request through Nginx: (status, headers, parsed JSON or text)."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(base_url() + path, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            status, headers, raw = resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as err:
+        status, headers, raw = err.code, err.headers, err.read()
+    try:
+        return status, headers, json.loads(raw)
+    except ValueError:
+        return status, headers, raw.decode(errors="replace")
+
+
+def psql(query):
+    return DATA.check_output("runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d claude_daemon -c %s", query)
+
+
+def healths(n=8):
+    """n /health answers through Nginx (round robin: both instances answer)."""
+    return [http("GET", "/health") for _ in range(n)]
+
+
+def wait_for_database(expected, timeout=120):
+    """Until every answer of a round names `expected` as the active database."""
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = healths()
+        if all(status == 200 and body.get("database") == expected for status, _h, body in last):
+            return last
+        time.sleep(2)
+    raise AssertionError(f"/health never said {expected} on every instance: {[(s, b) for s, _h, b in last]}")
+
+
+def test_health_is_200_and_names_postgresql_and_redis(host):
+    for status, headers, body in wait_for_database("postgresql", timeout=60):
+        assert status == 200
+        assert body["redis"] == "ok"
+        assert "nginx" in headers.get("Server", "") and "/" not in headers.get("Server", "")
+
+
+def test_posted_alert_lands_in_postgresql_and_reads_come_from_redis(host):
+    alert_id = f"stack-{RUN_ID}-cached"
+    status, _h, body = http("POST", "/api/alerts", {"id": alert_id, "level": "warning", "title": "disk 91%"})
+    assert status == 201, body
+    assert psql(f"SELECT level || '|' || title FROM alerts WHERE id = '{alert_id}'") == "warning|disk 91%"
+    first = http("GET", "/api/alerts")
+    second = http("GET", "/api/alerts")
+    assert first[0] == second[0] == 200
+    assert first[1]["X-Cache"] == "MISS"
+    assert second[1]["X-Cache"] == "HIT"
+    assert alert_id in {row["id"] for row in second[2]["rows"]}
+
+
+def test_invalid_input_gets_a_4xx_json_error(host):
+    for method, path, body in [
+        ("POST", "/api/alerts", {"level": "panic", "title": "x"}),
+        ("POST", "/api/alerts", {"level": "info"}),
+        ("GET", "/api/usage?from=yesterday", None),
+        ("POST", "/api/alerts/does-not-exist/acknowledge", None),
+    ]:
+        status, _h, answer = http(method, path, body)
+        assert 400 <= status < 500, (path, status, answer)
+        assert isinstance(answer, dict) and "error" in answer
+
+
+FALLBACK_IDS = [f"stack-{RUN_ID}-fallback-{i}" for i in range(6)]
+
+
+def test_postgresql_down_daemon_falls_back_to_sqlite_and_writes_succeed(host):
+    DATA.check_output(f"systemctl stop {PG_SERVICE}")
+    wait_for_database("sqlite")
+    for alert_id in FALLBACK_IDS:
+        status, _h, body = http("POST", "/api/alerts", {"id": alert_id, "level": "error", "title": "written during the outage"})
+        assert status == 201, body
+    # Reads keep working too (from SQLite or the cache).
+    assert http("GET", "/api/alerts")[0] == 200
+    # Let the usage monitor write a few rows into SQLite as well.
+    time.sleep(12)
+
+
+def test_postgresql_back_every_fallback_row_copied_exactly_once(host):
+    DATA.check_output(f"systemctl start {PG_SERVICE}")
+    wait_for_database("postgresql")
+    deadline = time.time() + 60
+    ids = "','".join(FALLBACK_IDS)
+    while time.time() < deadline:
+        if psql(f"SELECT count(*) FROM alerts WHERE id IN ('{ids}')") == str(len(FALLBACK_IDS)):
+            break
+        time.sleep(2)
+    assert psql(f"SELECT count(*) FROM alerts WHERE id IN ('{ids}')") == str(len(FALLBACK_IDS))
+    # Every write made during the outage (the alerts and the monitor's usage
+    # rows) went through each instance's outbox, which is now empty everywhere.
+    deadline = time.time() + 60
+    while time.time() < deadline and any(body.get("pending_sync") for _s, _h, body in healths()):
+        time.sleep(2)
+    assert all(body.get("pending_sync") == 0 for _s, _h, body in healths())
+    # Each original write is in the ledger once, whatever retries happened ...
+    assert psql(
+        "SELECT count(*) FROM (SELECT origin, table_name, local_id FROM fallback_sync_log"
+        " WHERE operation = 'insert' GROUP BY 1, 2, 3 HAVING count(*) > 1) d"
+    ) == "0"
+    applied_usage = int(psql(
+        "SELECT count(*) FROM fallback_sync_log WHERE operation = 'insert' AND outcome = 'applied'"
+        " AND table_name = 'usage_data'"
+    ))
+    assert applied_usage >= 2, "the monitor wrote usage rows during the outage"
+    # ... and every applied usage row exists in PostgreSQL, once.
+    assert psql(
+        "SELECT count(DISTINCT u.id) FROM fallback_sync_log l JOIN usage_data u ON u.id::text = l.remote_id"
+        " WHERE l.operation = 'insert' AND l.outcome = 'applied' AND l.table_name = 'usage_data'"
+    ) == str(applied_usage)
+    dupes = psql(
+        "SELECT count(*) FROM (SELECT timestamp, requests_count, avg_response_time, endpoint, count(*)"
+        " FROM usage_data GROUP BY 1, 2, 3, 4 HAVING count(*) > 1) d"
+    )
+    assert dupes == "0"
+
+
+def test_one_daemon_stopped_the_service_still_answers(host):
+    APPS[0].check_output("docker stop claude-daemon")
+    try:
+        answers = [http("GET", "/health")[0] for _ in range(20)] + [http("GET", "/api/alerts")[0] for _ in range(10)]
+        assert answers == [200] * 30
+    finally:
+        APPS[0].check_output("docker start claude-daemon")
+    wait_for_database("postgresql", timeout=90)
+
+
+class _DomProbe(html.parser.HTMLParser):
+    """Counts what the dashboard rendered: chart points and alert rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.points = 0
+        self.alert_ids = set()
+        self._in_chart = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if attrs.get("id") == "usage-chart":
+            self._in_chart = True
+        if tag == "circle" and self._in_chart and "point" in (attrs.get("class") or "").split():
+            self.points += 1
+        if tag == "tr" and attrs.get("data-alert-id"):
+            self.alert_ids.add(attrs["data-alert-id"])
+
+    def handle_endtag(self, tag):
+        if tag == "svg":
+            self._in_chart = False
+
+
+def test_dashboard_in_a_real_browser_shows_usage_and_alerts(host):
+    browser = shutil.which("chromium")
+    assert browser, "chromium is installed by scripts/bootstrap.sh"
+    created = [f"stack-{RUN_ID}-browser-{i}" for i in range(3)]
+    for alert_id in created:
+        assert http("POST", "/api/alerts", {"id": alert_id, "level": "info", "title": f"browser {alert_id}"})[0] == 201
+    usage_rows = http("GET", "/api/usage")[2]["rows"]
+    assert len(usage_rows) >= 1, "the usage monitor has written rows by now"
+    profile = tempfile.mkdtemp(prefix="kit-chromium-")
+    try:
+        dom = subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--virtual-time-budget=8000", "--dump-dom", base_url() + "/"],
+            capture_output=True, text=True, timeout=120, check=True,
+        ).stdout
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    probe = _DomProbe()
+    probe.feed(dom)
+    assert set(created) <= probe.alert_ids, dom[:2000]
+    # One point per usage row (the monitor may add a row between the two reads).
+    assert probe.points >= len(usage_rows) >= 1
