@@ -1,0 +1,540 @@
+"""sqlite_to_postgres against a real PostgreSQL (the pg_server fixture), with files/schema.sql applied.
+
+Also holds the helpers test_migration_verify_pg.py uses: a fresh database per test
+(copied from a template that has the schema) and SQLite files shaped like the daemon's.
+"""
+
+import itertools
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import psycopg2
+import pytest
+from conftest import ROOT, load
+
+mig = load("plugins/modules/sqlite_to_postgres.py", "sqlite_to_postgres")
+
+TEMPLATE = "kit_migration_template"
+_counter = itertools.count(1)
+
+SQLITE_SCHEMA = """
+CREATE TABLE users (id INTEGER PRIMARY KEY AUTOINCREMENT, username TEXT NOT NULL UNIQUE, email TEXT UNIQUE,
+                    created_at DATETIME DEFAULT CURRENT_TIMESTAMP);
+CREATE TABLE usage_data (id INTEGER PRIMARY KEY AUTOINCREMENT, user_id INTEGER, timestamp DATETIME NOT NULL,
+                         tokens_used INTEGER DEFAULT 0, requests_count INTEGER DEFAULT 0, avg_response_time INTEGER DEFAULT 0,
+                         active_users INTEGER DEFAULT 0, error_count INTEGER DEFAULT 0, cost_usd REAL DEFAULT 0.0,
+                         session_id TEXT, endpoint TEXT, created_at DATETIME DEFAULT CURRENT_TIMESTAMP);
+CREATE TABLE alerts (id TEXT PRIMARY KEY, user_id INTEGER, level TEXT NOT NULL, title TEXT NOT NULL, message TEXT,
+                     timestamp DATETIME NOT NULL, acknowledged BOOLEAN DEFAULT 0, metadata TEXT,
+                     created_at DATETIME DEFAULT CURRENT_TIMESTAMP);
+CREATE TABLE predictions (id INTEGER PRIMARY KEY AUTOINCREMENT, user_id INTEGER, date DATE NOT NULL, predicted_tokens INTEGER,
+                          predicted_cost REAL, confidence REAL, model_version TEXT, created_at DATETIME DEFAULT CURRENT_TIMESTAMP);
+"""
+
+# Timestamps in every encoding the daemon's history may hold: SQLite's CURRENT_TIMESTAMP,
+# JavaScript's toISOString(), ISO with an offset, epoch seconds, epoch milliseconds.
+USERS = [
+    (1, "alice", "alice@example.org", "2024-01-01 10:00:00"),
+    (2, "bob", None, 1704103200),
+    (3, "carol", "carol@example.org", 1704103200123),
+]
+USAGE = [
+    (1, 1, "2024-01-15T10:30:00.123Z", 1200, 3, 250, 1, 0, 0.0123, "s-1", "/v1/messages", "2024-01-15 10:30:01"),
+    (2, 1, "2024-01-15 11:00:00", 300, 1, 90, 1, 0, 0.1 + 0.2, "s-1", "/v1/messages", "2024-01-15 11:00:01"),
+    (3, 2, 1705316400, 0, 0, 0, 0, 0, 0, None, None, None),
+    (4, 2, 1705316400500, 7, 1, 10, 1, 1, "2.5", "tab\there", "/v1/complete", "2024-01-15T12:00:00+02:00"),
+    (5, 3, "2024-01-15T13:00:00", 5, 1, 10, 1, 0, 3, "ünïcödé", "/health", "2024-01-15 13:00:00"),
+]
+ALERTS = [
+    ("a-1", 1, "info", "Usage high", "line1\nline2", "2024-01-15T10:30:00.000Z", 0, '{"threshold": 80, "tags": ["x"]}', "2024-01-15 10:30:00"),
+    ("a-2", 2, "warning", "Cost", None, 1705316400, "true", None, "2024-01-15 10:31:00"),
+    ("a-3", None, "error", "Errors", "back\\slash", "2024-01-15 10:32:00", "FALSE", '{"b": 1.50, "a": [1, 2]}', "2024-01-15 10:32:00"),
+]
+PREDICTIONS = [
+    (1, 1, "2024-02-01", 100000, 12.5, 0.95, "linear-v1", "2024-01-31 00:00:00"),
+    (2, 2, "2024-02-02", None, None, None, None, None),
+]
+
+
+def make_source(path, users=USERS, usage=USAGE, alerts=ALERTS, predictions=PREDICTIONS, extra_sql=""):
+    conn = sqlite3.connect(path)
+    conn.executescript(SQLITE_SCHEMA + extra_sql)
+    conn.executemany("INSERT INTO users VALUES (?, ?, ?, ?)", users)
+    conn.executemany("INSERT INTO usage_data VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", usage)
+    conn.executemany("INSERT INTO alerts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", alerts)
+    conn.executemany("INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", predictions)
+    conn.commit()
+    conn.close()
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_server):
+    pg_server.create_database(TEMPLATE)
+    pg_server.psql((ROOT / "files" / "schema.sql").read_text(), TEMPLATE)
+    return pg_server
+
+
+@pytest.fixture
+def pg_db(pg_template):
+    """A fresh database with the kit's schema, for one test."""
+    name = f"mig_{os.getpid()}_{next(_counter)}"
+    pg_template.psql(f'CREATE DATABASE "{name}" TEMPLATE {TEMPLATE}')
+    return name
+
+
+def params(src, db, pg, **over):
+    out = dict(
+        src=src, db=db, schema="public", tables=[], mode="empty", on_reject="fail", backup_dir=None, reject_report=None,
+        lock_timeout=60, foreign_key_check="auto", login_user="postgres", login_password="", login_host="", login_unix_socket=pg.dir,
+        login_port=pg.port, ssl_mode="prefer", ca_cert=None, ssl_cert=None, ssl_key=None, connect_timeout=10,
+    )
+    out.update(over)
+    return out
+
+
+def connect(pg, db, user="postgres"):
+    return psycopg2.connect(host=pg.dir, port=pg.port, user=user, dbname=db)
+
+
+def migrate(pg, db, src, check_mode=False, user="postgres", **over):
+    conn = connect(pg, db, user)
+    try:
+        return mig.migrate(params(src, db, pg, login_user=user, **over), conn, check_mode=check_mode)
+    finally:
+        conn.close()
+
+
+def migrate_fails(pg, db, src, check_mode=False, **over):
+    with pytest.raises(mig.MigrationFailed) as info:
+        migrate(pg, db, src, check_mode=check_mode, **over)
+    return info.value
+
+
+def query(pg, db, sql, args=None):
+    conn = connect(pg, db)
+    try:
+        cur = conn.cursor()
+        cur.execute("SET TimeZone = 'UTC'")
+        cur.execute(sql, args)
+        rows = cur.fetchall() if cur.description else None
+        conn.commit()
+        return rows
+    finally:
+        conn.close()
+
+
+def counts(pg, db):
+    return {t: query(pg, db, f"SELECT count(*) FROM {t}")[0][0] for t in ("users", "usage_data", "alerts", "predictions")}
+
+
+def by_table(result):
+    return {t["table"]: t for t in result["tables"]}
+
+
+# -- a clean migration ----------------------------------------------------------------
+
+
+def test_clean_migration_normalises_every_encoding(pg_db, pg_server, tmp_path):
+    src = make_source(tmp_path / "daemon.db")
+    result = migrate(pg_server, pg_db, src)
+    assert result["changed"] is True
+    assert [t["table"] for t in result["tables"]][0] == "users"  # foreign-key order: users first
+    tables = by_table(result)
+    assert {k: v["rows_written"] for k, v in tables.items()} == {"users": 3, "usage_data": 5, "alerts": 3, "predictions": 2}
+    assert all(t["rows_rejected"] == 0 and t["rows_read"] == t["rows_written"] for t in tables.values())
+    assert result["rejected_rows"] == 0 and result["rejects"] == []
+    # the consistent copy, next to the source by default, with its checksum
+    assert os.path.dirname(result["backup_path"]) == str(tmp_path)
+    assert len(result["backup_sha256"]) == 64
+    assert json.load(open(result["reject_report"]))["rejects"] == []
+
+    assert query(pg_server, pg_db, "SELECT id, created_at::text FROM users ORDER BY id") == [
+        (1, "2024-01-01 10:00:00"), (2, "2024-01-01 10:00:00"), (3, "2024-01-01 10:00:00.123")]
+    assert query(pg_server, pg_db, "SELECT id, timestamp::text, cost_usd::text, session_id, created_at::text FROM usage_data ORDER BY id") == [
+        (1, "2024-01-15 10:30:00.123", "0.0123", "s-1", "2024-01-15 10:30:01"),
+        (2, "2024-01-15 11:00:00", "0.3000", "s-1", "2024-01-15 11:00:01"),
+        (3, "2024-01-15 11:00:00", "0.0000", None, None),
+        (4, "2024-01-15 11:00:00.5", "2.5000", "tab\there", "2024-01-15 10:00:00"),  # +02:00 converted to UTC
+        (5, "2024-01-15 13:00:00", "3.0000", "ünïcödé", "2024-01-15 13:00:00"),
+    ]
+    assert query(pg_server, pg_db, "SELECT id, acknowledged, metadata, message FROM alerts ORDER BY id") == [
+        ("a-1", False, {"threshold": 80, "tags": ["x"]}, "line1\nline2"),
+        ("a-2", True, None, None),
+        ("a-3", False, {"a": [1, 2], "b": 1.5}, "back\\slash"),
+    ]
+    assert query(pg_server, pg_db, "SELECT id, date::text, confidence::text FROM predictions ORDER BY id") == [
+        (1, "2024-02-01", "0.95"), (2, "2024-02-02", None)]
+
+
+def test_sequences_are_set_past_the_highest_id(pg_db, pg_server, tmp_path):
+    src = make_source(tmp_path / "daemon.db")
+    result = migrate(pg_server, pg_db, src)
+    seqs = {s["table"]: s for s in result["sequences"]}
+    assert seqs["usage_data"]["action"] == "setval" and seqs["usage_data"]["next_value"] == 6
+    query(pg_server, pg_db, "INSERT INTO users (username) VALUES ('dave')")
+    query(pg_server, pg_db, "INSERT INTO usage_data (user_id, timestamp) VALUES (1, now())")
+    assert query(pg_server, pg_db, "SELECT max(id) FROM users")[0][0] == 4
+    assert query(pg_server, pg_db, "SELECT max(id) FROM usage_data")[0][0] == 6
+
+
+def test_rerun_in_empty_mode_recognises_a_complete_migration(pg_db, pg_server, tmp_path):
+    src = make_source(tmp_path / "daemon.db")
+    migrate(pg_server, pg_db, src)
+    again = migrate(pg_server, pg_db, src)
+    assert again["changed"] is False
+    assert {t["status"] for t in again["tables"]} == {"already_complete"}
+    assert by_table(again)["usage_data"]["rows_skipped"] == 5
+    assert counts(pg_server, pg_db) == {"users": 3, "usage_data": 5, "alerts": 3, "predictions": 2}
+
+
+def test_empty_mode_refuses_tables_with_other_rows_before_writing(pg_db, pg_server, tmp_path):
+    src = make_source(tmp_path / "daemon.db")
+    query(pg_server, pg_db, "INSERT INTO users (id, username) VALUES (99, 'zed')")
+    failed = migrate_fails(pg_server, pg_db, src)
+    assert "users (1 rows in PostgreSQL, 3 in SQLite)" in failed.msg and "mode=append" in failed.msg
+    assert counts(pg_server, pg_db) == {"users": 1, "usage_data": 0, "alerts": 0, "predictions": 0}
+
+
+def test_check_mode_predicts_and_writes_nothing(pg_db, pg_server, tmp_path):
+    bad_usage = USAGE + [(6, 1, "2024-02-30 10:00:00", 1, 1, 1, 1, 0, 0.5, None, None, None)]
+    src = make_source(tmp_path / "daemon.db", usage=bad_usage)
+    before = sorted(os.listdir(tmp_path))
+    # on_reject=fail: check mode fails as the run would, and still reports the rejects
+    failed = migrate_fails(pg_server, pg_db, src, check_mode=True)
+    assert "1 rows cannot be migrated, so nothing would be written" in failed.msg
+    assert failed.result["rejects"][0]["key"] == {"id": 6}
+    result = migrate(pg_server, pg_db, src, check_mode=True, on_reject="skip")
+    assert result["changed"] is True
+    tables = by_table(result)
+    assert tables["usage_data"]["rows_written"] == 5 and tables["usage_data"]["rows_rejected"] == 1
+    assert {t["status"] for t in result["tables"]} == {"would_load"}
+    assert result["rejects"][0]["key"] == {"id": 6} and result["rejects"][0]["column"] == "timestamp"
+    mapping = {c["column"]: c for c in tables["usage_data"]["columns"]}
+    assert mapping["cost_usd"] == {"column": "cost_usd", "source_column": "cost_usd", "source_type": "REAL", "target_type": "numeric(10,4)"}
+    assert counts(pg_server, pg_db) == {"users": 0, "usage_data": 0, "alerts": 0, "predictions": 0}
+    assert result["backup_path"] is None and result["reject_report"] is None
+    assert sorted(os.listdir(tmp_path)) == before  # no copy and no report left behind
+    assert query(pg_server, pg_db, "SELECT last_value FROM usage_data_id_seq")[0][0] == 1
+
+
+# -- rejects --------------------------------------------------------------------------
+
+BAD_USAGE = USAGE + [
+    (6, 1, "2024-02-30 10:00:00", 1, 1, 1, 1, 0, 0.5, None, None, None),  # no such date
+    (7, 1, "2024-01-15 10:00:00", "12abc", 1, 1, 1, 0, 0.5, None, None, None),  # text in an integer column
+    (8, 1, "2024-01-15 10:00:00", 1, 1, 1, 1, 0, 1234567.0, None, None, None),  # overflows numeric(10,4)
+    (9, 1, "2024-01-15 10:00:00", 1, 1, 1, 1, 0, 0.5, "x" * 300, None, None),  # too long for varchar(255)
+    (10, 42, "2024-01-15 10:00:00", 1, 1, 1, 1, 0, 0.5, None, None, None),  # no user 42: the foreign key refuses it
+]
+BAD_ALERTS = ALERTS + [
+    ("a-4", 1, "critical", "Not a level", None, "2024-01-15 10:00:00", 0, None, None),  # CHECK constraint
+    ("a-5", 1, "info", "Bad JSON", None, "2024-01-15 10:00:00", 0, "{not json", None),
+    ("a-6", 1, "info", "Bad bool", None, "2024-01-15 10:00:00", "maybe", None, None),
+]
+
+
+def _bad_source(path):
+    src = make_source(path, usage=BAD_USAGE, alerts=BAD_ALERTS)
+    conn = sqlite3.connect(src)  # SQLite holds what PostgreSQL cannot: bytes that are not UTF-8, NUL
+    conn.execute("INSERT INTO alerts VALUES ('a-7', 1, 'info', CAST(? AS TEXT), NULL, '2024-01-15 10:00:00', 0, NULL, NULL)", (b"caf\xe9",))
+    conn.execute("INSERT INTO alerts VALUES ('a-8', 1, 'info', ?, NULL, '2024-01-15 10:00:00', 0, NULL, NULL)", ("nul\x00byte",))
+    conn.commit()
+    conn.close()
+    return src
+
+
+EXPECTED_REJECTS = {
+    ("usage_data", 6, "timestamp"), ("usage_data", 7, "tokens_used"), ("usage_data", 8, "cost_usd"),
+    ("usage_data", 9, "session_id"), ("alerts", "a-4", None), ("alerts", "a-5", "metadata"),
+    ("alerts", "a-6", "acknowledged"), ("alerts", "a-7", "title"), ("alerts", "a-8", "title"),
+}
+# The row whose user does not exist: PostgreSQL's per-row check does not name the column; the
+# set-based check after the load (as a superuser, foreign_key_check=auto) does.
+FK_REJECT = {"per_row": ("usage_data", 10, None), "auto": ("usage_data", 10, "user_id")}
+FK_STAGE = {"per_row": "postgresql", "auto": "foreign_key"}
+
+
+def _reject_set(rejects):
+    return {(r["table"], list(r["key"].values())[0], r["column"]) for r in rejects}
+
+
+@pytest.mark.parametrize("fk_check", ["auto", "per_row"])
+def test_rejects_fail_the_run_and_nothing_is_written(pg_db, pg_server, tmp_path, fk_check):
+    src = _bad_source(tmp_path / "daemon.db")
+    failed = migrate_fails(pg_server, pg_db, src, foreign_key_check=fk_check)
+    assert failed.result["foreign_key_check"] == ("after_load" if fk_check == "auto" else "per_row")
+    assert "10 rows cannot be migrated, so nothing was written" in failed.msg
+    assert "table alerts" in failed.msg or "table usage_data" in failed.msg
+    assert counts(pg_server, pg_db) == {"users": 0, "usage_data": 0, "alerts": 0, "predictions": 0}
+    report = json.load(open(failed.result["reject_report"]))
+    assert _reject_set(report["rejects"]) == EXPECTED_REJECTS | {FK_REJECT[fk_check]}
+    assert report["summary"]["committed"] is False
+    by_key = {(r["table"], list(r["key"].values())[0]): r for r in report["rejects"]}
+    assert "invalid UTF-8" in by_key[("alerts", "a-7")]["reason"] and by_key[("alerts", "a-7")]["value"] == "b'caf\\xe9'"
+    assert "NUL" in by_key[("alerts", "a-8")]["reason"]
+    assert by_key[("usage_data", 10)]["stage"] == FK_STAGE[fk_check] and "foreign key" in by_key[("usage_data", 10)]["reason"]
+    assert "usage_data_user_id_fkey" in by_key[("usage_data", 10)]["reason"]
+    assert by_key[("alerts", "a-4")]["stage"] == "postgresql" and "check constraint" in by_key[("alerts", "a-4")]["reason"]
+    assert by_key[("usage_data", 9)]["value"].endswith("...")  # truncated repr
+    # the sequences were not touched
+    assert query(pg_server, pg_db, "SELECT last_value, is_called FROM usage_data_id_seq")[0] == (1, False)
+
+
+@pytest.mark.parametrize("fk_check", ["auto", "per_row"])
+def test_skip_lands_the_other_rows_and_reports_the_rejected(pg_db, pg_server, tmp_path, fk_check):
+    src = _bad_source(tmp_path / "daemon.db")
+    report_path = str(tmp_path / "rejects.json")
+    result = migrate(pg_server, pg_db, src, on_reject="skip", reject_report=report_path, foreign_key_check=fk_check)
+    assert result["rejected_rows"] == 10 and result["reject_report"] == report_path
+    tables = by_table(result)
+    assert (tables["usage_data"]["rows_read"], tables["usage_data"]["rows_written"], tables["usage_data"]["rows_rejected"]) == (10, 5, 5)
+    assert (tables["alerts"]["rows_read"], tables["alerts"]["rows_written"], tables["alerts"]["rows_rejected"]) == (8, 3, 5)
+    assert counts(pg_server, pg_db) == {"users": 3, "usage_data": 5, "alerts": 3, "predictions": 2}
+    assert all(t["rows_read"] == t["rows_written"] + t["rows_skipped"] + t["rows_rejected"] for t in result["tables"])
+    assert _reject_set(json.load(open(report_path))["rejects"]) == EXPECTED_REJECTS | {FK_REJECT[fk_check]}
+    assert query(pg_server, pg_db, "SELECT count(*) FROM usage_data WHERE user_id NOT IN (SELECT id FROM users)")[0][0] == 0
+
+
+@pytest.mark.parametrize("fk_check", ["auto", "per_row"])
+def test_self_referencing_orphans_are_rejected_the_same_either_way(pg_db, pg_server, tmp_path, fk_check):
+    pg_server.psql("CREATE TABLE nodes (id int PRIMARY KEY, parent int REFERENCES nodes (id), label text)", pg_db)
+    src = str(tmp_path / "nodes.db")
+    conn = sqlite3.connect(src)
+    conn.execute("CREATE TABLE nodes (id INTEGER PRIMARY KEY, parent INTEGER, label TEXT)")
+    # 2's parent 99 is missing, so 2 goes, and then 3 (child of 2) and 4 (child of 3) have no parent either.
+    conn.executemany("INSERT INTO nodes VALUES (?, ?, ?)", [(1, None, "root"), (2, 99, "a"), (3, 2, "b"), (4, 3, "c"), (5, 1, "d")])
+    conn.commit()
+    conn.close()
+    result = migrate(pg_server, pg_db, src, tables=["nodes"], on_reject="skip", foreign_key_check=fk_check)
+    assert query(pg_server, pg_db, "SELECT id FROM nodes ORDER BY id") == [(1,), (5,)]
+    assert sorted(r["key"]["id"] for r in result["rejects"]) == [2, 3, 4]
+    assert by_table(result)["nodes"]["rows_written"] == 2 and by_table(result)["nodes"]["rows_rejected"] == 3
+
+
+# -- interruptions ----------------------------------------------------------------------
+
+
+def test_interrupted_run_leaves_target_unchanged_and_rerun_completes(pg_db, pg_server, tmp_path, monkeypatch):
+    src = make_source(tmp_path / "daemon.db")
+    real_run = mig.TableLoader.run
+    calls = []
+
+    def run_then_die(self, items):
+        calls.append(self.plan.table)
+        if len(calls) == 3:  # users and alerts are loaded; die in the middle of the third table
+            iterator = iter(items)
+            next(iterator)
+            raise ConnectionError("simulated crash")
+        return real_run(self, items)
+
+    monkeypatch.setattr(mig.TableLoader, "run", run_then_die)
+    with pytest.raises(ConnectionError):
+        migrate(pg_server, pg_db, src)
+    monkeypatch.undo()
+    assert calls == ["users", "alerts", "predictions"]
+    assert counts(pg_server, pg_db) == {"users": 0, "usage_data": 0, "alerts": 0, "predictions": 0}
+    result = migrate(pg_server, pg_db, src)
+    assert result["rows_written"] == 13
+    assert counts(pg_server, pg_db) == {"users": 3, "usage_data": 5, "alerts": 3, "predictions": 2}
+
+
+KILL_RUNNER = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, {unit!r})
+    from conftest import load
+    import psycopg2
+    mig = load("plugins/modules/sqlite_to_postgres.py", "sqlite_to_postgres")
+    params = json.loads(sys.argv[1])
+    conn = psycopg2.connect(host=params["login_unix_socket"], port=params["login_port"], user="postgres",
+                            dbname=params["db"], application_name="kill-test")
+    mig.migrate(params, conn)
+    """
+)
+
+
+def test_killed_process_leaves_target_unchanged_and_rerun_completes(pg_db, pg_server, tmp_path):
+    src = make_source(tmp_path / "daemon.db")
+    conn = sqlite3.connect(src)  # 300,000 usage rows, so that the COPY runs long enough to be killed
+    conn.execute(
+        "INSERT INTO usage_data (user_id, timestamp, tokens_used, cost_usd, session_id, endpoint, created_at)"
+        " WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300000)"
+        " SELECT 1 + i % 3, strftime('%Y-%m-%dT%H:%M:%fZ', 1700000000 + i, 'unixepoch'), i, (i % 1000) / 100.0,"
+        " 'sess-' || i, '/v1/messages', datetime(1700000000 + i, 'unixepoch') FROM n"
+    )
+    conn.commit()
+    conn.close()
+    args = json.dumps(params(src, pg_db, pg_server))
+    proc = subprocess.Popen([sys.executable, "-c", KILL_RUNNER.format(unit=str(ROOT / "tests" / "unit")), args], cwd=ROOT)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            active = query(pg_server, "postgres", "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'kill-test'"
+                           " AND query LIKE 'COPY%%usage_data%%' AND state = 'active'")[0][0]
+            if active:
+                break
+            assert proc.poll() is None, "the migration ended before it could be killed"
+            time.sleep(0.02)
+        else:
+            pytest.fail("the COPY of usage_data never started")
+        time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    for _ in range(100):  # the server notices the lost client and rolls back
+        if not query(pg_server, "postgres", "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'kill-test'")[0][0]:
+            break
+        time.sleep(0.05)
+    assert counts(pg_server, pg_db) == {"users": 0, "usage_data": 0, "alerts": 0, "predictions": 0}
+    result = migrate(pg_server, pg_db, src)
+    assert by_table(result)["usage_data"]["rows_written"] == 300005
+    assert query(pg_server, pg_db, "SELECT count(*), count(DISTINCT id) FROM usage_data")[0] == (300005, 300005)
+
+
+# -- append and replace -----------------------------------------------------------------
+
+
+def test_append_skips_existing_keys_and_is_safe_to_rerun(pg_db, pg_server, tmp_path):
+    first = make_source(tmp_path / "first.db", usage=USAGE[:3], alerts=ALERTS[:1])
+    migrate(pg_server, pg_db, first)
+    # The fallback file: the same history plus what the daemon wrote while PostgreSQL was away.
+    later = make_source(tmp_path / "later.db")
+    result = migrate(pg_server, pg_db, later, mode="append")
+    tables = by_table(result)
+    assert (tables["usage_data"]["rows_written"], tables["usage_data"]["rows_skipped"]) == (2, 3)
+    assert (tables["alerts"]["rows_written"], tables["alerts"]["rows_skipped"]) == (2, 1)
+    assert (tables["users"]["rows_written"], tables["users"]["rows_skipped"]) == (0, 3)
+    assert counts(pg_server, pg_db) == {"users": 3, "usage_data": 5, "alerts": 3, "predictions": 2}
+    assert all(t["rows_read"] == t["rows_written"] + t["rows_skipped"] + t["rows_rejected"] for t in result["tables"])
+    again = migrate(pg_server, pg_db, later, mode="append")
+    assert again["changed"] is False and again["rows_written"] == 0
+    assert sum(t["rows_skipped"] for t in again["tables"]) == 13
+
+
+def test_append_keeps_rows_changed_in_postgresql(pg_db, pg_server, tmp_path):
+    src = make_source(tmp_path / "daemon.db")
+    migrate(pg_server, pg_db, src)
+    query(pg_server, pg_db, "UPDATE usage_data SET tokens_used = 1 WHERE id = 1")
+    migrate(pg_server, pg_db, src, mode="append")
+    assert query(pg_server, pg_db, "SELECT tokens_used FROM usage_data WHERE id = 1")[0][0] == 1
+
+
+def test_replace_truncates_and_reloads_in_one_transaction(pg_db, pg_server, tmp_path):
+    src = make_source(tmp_path / "daemon.db")
+    query(pg_server, pg_db, "INSERT INTO users (id, username) VALUES (50, 'old'); "
+          "INSERT INTO usage_data (id, user_id, timestamp) VALUES (77, 50, now())")
+    result = migrate(pg_server, pg_db, src, mode="replace")
+    assert result["changed"] is True
+    assert counts(pg_server, pg_db) == {"users": 3, "usage_data": 5, "alerts": 3, "predictions": 2}
+    assert query(pg_server, pg_db, "SELECT count(*) FROM users WHERE id = 50")[0][0] == 0
+    # a failing replace leaves the old rows in place
+    bad = make_source(tmp_path / "bad.db", usage=BAD_USAGE)
+    migrate_fails(pg_server, pg_db, bad, mode="replace")
+    assert counts(pg_server, pg_db) == {"users": 3, "usage_data": 5, "alerts": 3, "predictions": 2}
+
+
+# -- columns and privileges ---------------------------------------------------------------
+
+
+def test_missing_and_extra_columns(pg_db, pg_server, tmp_path):
+    src = str(tmp_path / "cols.db")
+    conn = sqlite3.connect(src)
+    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, username TEXT, nickname TEXT)")
+    conn.execute("INSERT INTO users VALUES (1, 'alice', 'al')")
+    conn.commit()
+    conn.close()
+    result = migrate(pg_server, pg_db, src, tables=["users"])
+    users = by_table(result)["users"]
+    assert users["missing_columns"] == ["email", "created_at"] and users["extra_columns"] == ["nickname"]
+    assert any("nickname" in w for w in result["plan_warnings"]) and any("email, created_at" in w for w in result["plan_warnings"])
+    # created_at got its default
+    assert query(pg_server, pg_db, "SELECT username, created_at IS NOT NULL FROM users") == [("alice", True)]
+
+    src2 = str(tmp_path / "nouser.db")
+    conn = sqlite3.connect(src2)
+    conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT)")
+    conn.execute("INSERT INTO users VALUES (1, 'a@x')")
+    conn.commit()
+    conn.close()
+    failed = migrate_fails(pg_server, pg_db, src2, tables=["users"], mode="replace")
+    assert "column username (character varying(255)) is NOT NULL without a default" in failed.msg
+    assert query(pg_server, pg_db, "SELECT username FROM users") == [("alice",)]  # nothing written
+    failed = migrate_fails(pg_server, pg_db, src2, tables=["nope"])
+    assert "table public.nope does not exist in PostgreSQL" in failed.msg
+
+
+@pytest.fixture(scope="session")
+def app_role(pg_template):
+    """A role with the kit's claude_app privileges: DML, USAGE/SELECT on sequences, no TEMP, no TRUNCATE, no DDL."""
+    pg_template.psql(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'kit_app') THEN CREATE ROLE kit_app LOGIN; END IF; END $$;"
+    )
+    pg_template.psql(
+        "REVOKE ALL ON SCHEMA public FROM PUBLIC; GRANT USAGE ON SCHEMA public TO kit_app;"
+        " GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO kit_app;"
+        " GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO kit_app;",
+        TEMPLATE,
+    )
+    return "kit_app"
+
+
+def test_app_role_without_ddl_temp_or_setval(pg_db, pg_server, tmp_path, app_role):
+    pg_server.psql(f'REVOKE TEMPORARY ON DATABASE "{pg_db}" FROM PUBLIC', "postgres")
+    src = make_source(tmp_path / "daemon.db")
+    result = migrate(pg_server, pg_db, src, user=app_role)
+    assert counts(pg_server, pg_db) == {"users": 3, "usage_data": 5, "alerts": 3, "predictions": 2}
+    assert (result["foreign_key_check"], result["foreign_key_check_reason"]) == ("per_row", "the role is not a superuser")
+    # no UPDATE on the sequences: moved with nextval()
+    assert {s["table"]: (s["action"], s["next_value"]) for s in result["sequences"]}["usage_data"] == ("nextval", 6)
+    conn = connect(pg_server, pg_db, app_role)
+    cur = conn.cursor()
+    cur.execute("INSERT INTO usage_data (user_id, timestamp) VALUES (1, now()) RETURNING id")
+    assert cur.fetchone()[0] == 6
+    conn.rollback()
+    with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+        cur.execute("CREATE TEMP TABLE t (x int)")
+    conn.close()
+    later = make_source(tmp_path / "later.db", usage=USAGE + [(9, 1, "2024-03-01 00:00:00", 1, 1, 1, 1, 0, 1, None, None, None)])
+    appended = migrate(pg_server, pg_db, later, user=app_role, mode="append")
+    assert by_table(appended)["usage_data"]["rows_written"] == 1
+    failed = migrate_fails(pg_server, pg_db, src, user=app_role, mode="replace")
+    assert "mode=replace needs TRUNCATE on table users" in failed.msg
+
+
+# -- through Ansible, for real --------------------------------------------------------------
+
+
+def ansible(module, args, check=False):
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1")
+    cmd = [str(ROOT / ".venv" / "bin" / "ansible"), "localhost", "-c", "local", "-i", "localhost,", "-m", module, "-a", json.dumps(args),
+           "-e", f"ansible_python_interpreter={sys.executable}"] + (["--check"] if check else [])
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    return json.loads(out.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+
+
+def test_module_through_ansible(pg_db, pg_server, tmp_path):
+    src = make_source(tmp_path / "daemon.db")
+    args = {"src": src, "db": pg_db, "login_unix_socket": pg_server.dir, "login_port": pg_server.port,
+            "login_password": "not-a-real-secret", "backup_dir": str(tmp_path)}
+    preview = ansible("sqlite_to_postgres", args, check=True)
+    assert preview.get("failed") is not True, preview.get("msg")
+    assert preview["changed"] is True and preview["rows_written"] == 13
+    assert counts(pg_server, pg_db)["usage_data"] == 0
+    done = ansible("sqlite_to_postgres", args)
+    assert done.get("failed") is not True, done.get("msg")
+    assert done["changed"] is True and done["rows_written"] == 13
+    assert done["invocation"]["module_args"]["login_password"] == "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER"
+    assert not done.get("deprecations") and not done.get("warnings")
+    assert os.path.exists(done["backup_path"])
+    again = ansible("sqlite_to_postgres", args)
+    assert again["changed"] is False
+    failed = ansible("sqlite_to_postgres", dict(args, src=str(tmp_path / "missing.db")))
+    assert failed["failed"] is True and "missing.db does not exist" in failed["msg"]
