@@ -41,47 +41,8 @@ options:
     description: Schema-qualified name of the tracking table. Its schema is created, owned by I(owner_role).
     type: str
     default: claude_kit.schema_migrations
-  login_user:
-    description: Role to connect as.
-    type: str
-    default: postgres
-    aliases: [login]
-  login_password:
-    description: Password of I(login_user); empty for peer authentication on the socket.
-    type: str
-    default: ""
-  login_host:
-    description: Host to connect to; empty uses the local socket.
-    type: str
-    default: ""
-  login_unix_socket:
-    description: Directory of the local socket.
-    type: str
-    default: ""
-  login_port:
-    description: Port (also the socket's suffix).
-    type: int
-    default: 5432
-    aliases: [port]
-  ssl_mode:
-    description: libpq sslmode for TCP connections (ignored on the socket).
-    type: str
-    default: prefer
-    choices: [allow, disable, prefer, require, verify-ca, verify-full]
-  ca_cert:
-    description: CA certificate to verify the server with.
-    type: path
-    aliases: [ssl_rootcert]
-  ssl_cert:
-    description: Client certificate.
-    type: path
-  ssl_key:
-    description: Client key.
-    type: path
-  connect_timeout:
-    description: Seconds to wait for a connection.
-    type: int
-    default: 10
+extends_documentation_fragment:
+  - claude_pg
 attributes:
   check_mode:
     support: full

@@ -145,7 +145,9 @@ def test_bad_rows_fail_the_run_are_reported_and_nothing_is_committed(host, runbo
     rc, output, _recap = runbook["bad"][host.backend.get_hostname()]
     assert rc != 0
     assert [count(host, t, "claude_migrate_bad") for t in ("users", "usage_data", "alerts", "predictions")] == [0, 0, 0, 0]
-    reports = host.check_output("ls /var/lib/postgresql/ | grep 'legacy_bad.db.*rejects.json' || true").split()
+    reports = host.check_output(
+        "find /var/lib/postgresql -maxdepth 1 -name 'legacy_bad.db.*rejects.json' -printf '%f\\n'"
+    ).split()
     assert len(reports) == 1, output[-3000:]
     report = json.loads(host.file(f"/var/lib/postgresql/{reports[0]}").content_string)
     rejects = report["rejects"]
