@@ -141,11 +141,12 @@ def test_fingerprint_sees_writes_but_not_an_empty_wal(tmp_path):
 def test_ansible_doc_renders(module):
     import os
     import subprocess
+    import sys
 
     from conftest import ROOT
 
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
-    out = subprocess.run([str(ROOT / ".venv" / "bin" / "ansible-doc"), "-M", str(ROOT / "plugins" / "modules"), module],
+    out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-doc"), "-M", str(ROOT / "plugins" / "modules"), module],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "login_password" in out.stdout and "RETURN VALUES" in out.stdout.upper()

@@ -514,7 +514,7 @@ def test_app_role_without_ddl_temp_or_setval(pg_db, pg_server, tmp_path, app_rol
 
 def ansible(module, args, check=False):
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1")
-    cmd = [str(ROOT / ".venv" / "bin" / "ansible"), "localhost", "-c", "local", "-i", "localhost,", "-m", module, "-a", json.dumps(args),
+    cmd = [os.path.join(os.path.dirname(sys.executable), "ansible"), "localhost", "-c", "local", "-i", "localhost,", "-m", module, "-a", json.dumps(args),
            "-e", f"ansible_python_interpreter={sys.executable}"] + (["--check"] if check else [])
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     return json.loads(out.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
