@@ -71,7 +71,8 @@ missing_collections() {
   "$VENV/bin/python" - "$KIT_ROOT/requirements.yml" <<'PY'
 import json, subprocess, sys, yaml
 want = {c["name"]: str(c["version"]) for c in yaml.safe_load(open(sys.argv[1]))["collections"]}
-out = subprocess.run([sys.executable.replace("python", "ansible-galaxy"), "collection", "list", "--format", "json"],
+import os
+out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-galaxy"), "collection", "list", "--format", "json"],
                      capture_output=True, text=True, cwd=sys.argv[1].rsplit("/", 1)[0])
 have = {}
 if out.returncode == 0 and out.stdout.strip():

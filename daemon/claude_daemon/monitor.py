@@ -130,5 +130,5 @@ class UsageMonitor:
         if flush:
             try:
                 self.flush()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - shutdown goes on; the failure is logged
                 log.exception("final usage flush failed")

@@ -150,7 +150,7 @@ class Pool:
             while not self._stop.wait(interval):
                 try:
                     self.reap()
-                except Exception:  # noqa: BLE001
+                except Exception:  # noqa: BLE001 - the reaper thread must outlive any one failure
                     log.exception("idle reaper failed")
 
         self._reaper = threading.Thread(target=loop, name="pool-reaper", daemon=True)
@@ -178,5 +178,5 @@ class Pool:
 def _close_quietly(conn):
     try:
         conn.close()
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - closing a connection that is already broken
         pass

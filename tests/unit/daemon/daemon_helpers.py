@@ -17,7 +17,7 @@ DAEMON_DIR = ROOT / "daemon"
 if str(DAEMON_DIR) not in sys.path:
     sys.path.insert(0, str(DAEMON_DIR))
 
-from claude_daemon import config  # noqa: E402
+from claude_daemon import config  # noqa: E402 - importable only after the sys.path insert above
 
 OWNER = "kit_daemon_owner"
 APP = "kit_daemon_app"
