@@ -129,8 +129,8 @@ class Bench:
         except (ValueError, KeyError, IndexError):
             raise SystemExit(f"{label}: ansible failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}") from None
         with open(rss_file, encoding="ascii") as handle:
-            rss_kib = int(handle.read())
-        return seconds, result, rss_kib
+            memory = json.load(handle)
+        return seconds, result, memory
 
     def conn_args(self, db):
         return {"db": db, "login_unix_socket": self.pg.dir, "login_port": self.pg.port}
@@ -147,15 +147,16 @@ class Bench:
             shutil.rmtree(backups, ignore_errors=True)
         if result.get("failed") or result["rows_written"] != total:
             raise SystemExit(f"module run {label} failed: {result.get('msg')} rows_written={result.get('rows_written')}")
-        return {"db": db, "seconds": seconds, "module_seconds": result["seconds"], "rows": total, "peak_rss_mib": rss / 1024,
+        return {"db": db, "seconds": seconds, "module_seconds": result["seconds"], "rows": total, **_mib(rss),
                 "foreign_key_check": result["foreign_key_check"],
-                "tables": {t["table"]: t["seconds"] for t in result["tables"]}}
+                "tables": {t["table"]: {"seconds": t["seconds"], "workers": t.get("workers"), "indexes_rebuilt": t.get("indexes_rebuilt")}
+                           for t in result["tables"]}}
 
     def verify(self, src, db, label):
         seconds, result, rss = self.ansible("migration_verify", dict(self.conn_args(db), src=src), f"verify-{label}")
         return {"seconds": seconds, "module_seconds": result.get("seconds"), "match": not result.get("failed"),
                 "differing_tables": result.get("differing_tables"), "msg": (result.get("msg") or "")[:500],
-                "peak_rss_mib": rss / 1024}
+                **_mib(rss)}
 
     def pgloader(self, src, total):
         db = self.fresh_db("bench_pgloader")
@@ -209,17 +210,22 @@ class Bench:
             if not args.skip_raw:
                 peers.append(("raw", lambda: self.raw(src, total)))
             # Interleaved repetitions, so that a change in the machine's load hits every peer alike.
+            # migration_verify runs right after each module run, on that run's database.
             for n in range(args.repeat):
                 for name, load in peers:
                     outcome = load()
                     outcome["load_average"] = load_average()
                     runs.setdefault(f"{name}_runs", []).append(outcome)
                     print(f"round {n + 1}: {name:<8} {outcome['seconds']:7.2f} s   (load {outcome['load_average']})", flush=True)
-            for name, _load in peers:
+                    if name == "module":
+                        checked = self.verify(src, outcome["db"], "module")
+                        checked["ratio"] = checked["seconds"] / outcome["seconds"]
+                        runs.setdefault("verify_runs", []).append(checked)
+                        print(f"round {n + 1}: verify   {checked['seconds']:7.2f} s   ({checked['ratio']:.2f}x this round's module run,"
+                              f" match: {checked['match']})", flush=True)
+            for name in [peer for peer, _load in peers] + ["verify"]:
                 every = sorted(runs[f"{name}_runs"], key=lambda r: r["seconds"])
                 runs[name] = dict(every[len(every) // 2], all_seconds=[round(r["seconds"], 2) for r in runs[f"{name}_runs"]])
-            runs["verify"] = self.verify(src, runs["module"]["db"], "module")
-            print(f"verify   {runs['verify']['seconds']:7.2f} s (match: {runs['verify']['match']})", flush=True)
             for peer in ("pgloader", "raw"):
                 if peer in runs and not args.skip_peer_verify:
                     runs[f"verify_{peer}"] = self.verify(src, runs[peer]["db"], peer)
@@ -247,17 +253,21 @@ class Bench:
             if peer in runs:
                 lines.append(f"module/{peer} throughput: {runs[peer]['seconds'] / m['seconds']:.2f}x")
         v = runs["verify"]
-        lines.append(f"migration_verify over the whole data set: {v['seconds']:.2f} s "
-                     f"({v['seconds'] / m['seconds']:.2f}x the migration's median {m['seconds']:.2f} s), match: {v['match']}")
+        ratios = [round(r["ratio"], 2) for r in runs["verify_runs"]]
+        lines.append(f"migration_verify over the whole data set: median {v['seconds']:.2f} s "
+                     f"({v['seconds'] / m['seconds']:.2f}x the migration's median {m['seconds']:.2f} s; round by round {ratios}),"
+                     f" every run matched: {all(r['match'] for r in runs['verify_runs'])}")
         for peer in ("pgloader", "raw"):
             if f"verify_{peer}" in runs:
                 pv = runs[f"verify_{peer}"]
                 lines.append(f"  {peer}'s database identical to the source after normalisation: {pv['match']} {pv['differing_tables'] or ''}")
         if "module_small" in runs:
             s = runs["module_small"]
-            peak = max(r["peak_rss_mib"] for r in runs["module_runs"])
-            lines.append(f"module peak RSS: {peak:.1f} MiB for {m['rows']} rows (highest of {len(runs['module_runs'])} runs), "
-                         f"{s['peak_rss_mib']:.1f} MiB for {s['rows']} rows ({s['seconds']:.2f} s)")
+            for key, what in (("peak_rss_mib", "peak RSS of the largest process"),
+                              ("tree_pss_mib", "peak PSS of the module and its workers together")):
+                peak = max(r[key] for r in runs["module_runs"])
+                lines.append(f"module {what}: {peak:.1f} MiB for {m['rows']} rows (highest of {len(runs['module_runs'])} runs), "
+                             f"{s[key]:.1f} MiB for {s['rows']} rows ({s['seconds']:.2f} s)")
         text = "\n".join(lines)
         print("\n" + text)
         stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
@@ -265,6 +275,12 @@ class Bench:
         with open(path, "w", encoding="utf-8") as handle:
             json.dump(self.results, handle, indent=1)
         print(f"\nresults: {path}")
+
+
+def _mib(memory):
+    """rss_python's figures in MiB: the largest single process, and the module's process tree together."""
+    return {"peak_rss_mib": memory["max_process_kib"] / 1024, "tree_pss_mib": memory["tree_pss_kib"] / 1024,
+            "tree_rss_mib": memory["tree_rss_kib"] / 1024}
 
 
 def main():

@@ -27,6 +27,7 @@ import hashlib
 import itertools
 import multiprocessing
 import operator
+import os
 import threading
 
 from ansible.module_utils.claude_pg import sql
@@ -197,7 +198,7 @@ def sqlite_digest(sconn, plan, lo=None, hi=None, keep_rejects=10):
     return side
 
 
-PARALLEL_MIN_ROWS = 200_000
+PARALLEL_MIN_ROWS = 50_000
 
 
 def merge_sides(sides, keep_rejects=10):
@@ -216,76 +217,30 @@ def merge_sides(sides, keep_rejects=10):
     return merged
 
 
-def rowid_ranges(sconn, plan, parts):
-    """[lo, hi) rowid ranges splitting the table into `parts`, or None when not worth it."""
-    if parts < 2 or not plan.rowid:
-        return None
-    rid = plan.rowid_sql
-    low, high, count = sconn.execute(f"SELECT min({rid}), max({rid}), count(*) FROM {quote_sqlite(plan.sqlite_table)}").fetchone()
-    if count < PARALLEL_MIN_ROWS:
-        return None
-    step = (high + 1 - low) / parts
-    bounds = [low + int(step * n) for n in range(parts)] + [high + 1]
-    return [(bounds[n], bounds[n + 1]) for n in range(parts) if bounds[n] < bounds[n + 1]]
-
-
-def _part_worker(send, path, plan, low, high, keep_rejects):
-    """In a forked process: the digest of one rowid range, sent back through a pipe."""
-    try:
-        sconn = open_readonly(path)
-        side = SideDigest()
-        rid = plan.rowid_sql
-        for rows in plan.reader(sconn, f"{rid} >= ? AND {rid} < ?", (low, high)).batches():
-            side.add(plan, rows, keep_rejects)
-        send.send(("ok", side.__dict__))
-    except BaseException as exc:  # reported by the parent
-        send.send(("error", f"{type(exc).__name__}: {exc}"))
-    finally:
-        send.close()
-
-
-def start_parts(path, plan, ranges, keep_rejects=10):
-    """Fork one process per rowid range (before any thread is started); returns what collect_parts needs."""
-    ctx = multiprocessing.get_context("fork")
-    started = []
-    for low, high in ranges:
-        receive, send = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_part_worker, args=(send, path, plan, low, high, keep_rejects), daemon=True)
-        proc.start()
-        send.close()
-        started.append((proc, receive))
-    return started
-
-
-def collect_parts(started, keep_rejects=10):
-    sides, errors = [], []
-    for proc, receive in started:
+def close_inherited(fds):
+    """In a forked process: close descriptors inherited from the parent that must not stay
+    open here: the PostgreSQL connection's socket (if the parent were killed, a child holding
+    it would keep the server's session and its locks alive) and the read ends of the other
+    children's pipes (which would hide the parent's death from them). SQLite's own
+    descriptors are left alone: SQLite tracks them per process and closing them under it
+    breaks its locking."""
+    for fd in fds:
         try:
-            status, payload = receive.recv()
-        except EOFError:
-            status, payload = "error", f"worker {proc.pid} ended without a result"
-        proc.join()
-        if status == "ok":
-            side = SideDigest()
-            side.__dict__.update(payload)
-            sides.append(side)
-        else:
-            errors.append(payload)
-    if errors:
-        raise RuntimeError("reading the SQLite file failed: " + "; ".join(errors))
-    return merge_sides(sides, keep_rejects)
+            os.close(fd)
+        except OSError:
+            pass
 
 
-def digest_both(cur, sconn, plan, extra_minmax=(), path=None, workers=1):
-    """Whole-table digests of both sides, PostgreSQL's computed in a thread meanwhile.
+def _connection_fd(cur):
+    try:
+        return [cur.connection.fileno()]
+    except Exception:  # closed or not a psycopg2 connection: nothing to close
+        return []
 
-    With path and workers > 1, a large rowid table is read by that many forked
-    processes, each over its own rowid range (the caller makes sure the file
-    does not change meanwhile: migration_verify compares its size and times).
-    """
+
+def digest_both(cur, sconn, plan, extra_minmax=()):
+    """Whole-table digests of both sides, PostgreSQL's computed in a thread meanwhile."""
     result = {}
-    ranges = rowid_ranges(sconn, plan, workers) if path else None
-    parts = start_parts(path, plan, ranges) if ranges else None
 
     def pg_side():
         try:
@@ -296,12 +251,134 @@ def digest_both(cur, sconn, plan, extra_minmax=(), path=None, workers=1):
     thread = threading.Thread(target=pg_side, name="pg-digest", daemon=True)
     thread.start()
     try:
-        side = collect_parts(parts) if parts else sqlite_digest(sconn, plan)
+        side = sqlite_digest(sconn, plan)
     finally:
         thread.join()
     if "error" in result:
         raise result["error"]
     return side, result["pg"]
+
+
+def _tasks_worker(send, path, tasks, keep_rejects, close_fds):
+    """In a forked process: the digests of several (table, rowid range) tasks, sent back at the end."""
+    try:
+        close_inherited(close_fds)
+        sconn = open_readonly(path)
+        out = []
+        for index, plan, low, high in tasks:
+            if low is None:
+                side = sqlite_digest(sconn, plan, keep_rejects=keep_rejects)
+            else:
+                rid = plan.rowid_sql
+                side = SideDigest()
+                for rows in plan.reader(sconn, f"{rid} >= ? AND {rid} < ?", (low, high)).batches():
+                    side.add(plan, rows, keep_rejects)
+            out.append((index, side.__dict__))
+        send.send(("ok", out))
+    except BaseException as exc:  # reported by the parent
+        send.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        send.close()
+
+
+def plan_tasks(sconn, plans, workers):
+    """Split the tables into tasks for `workers` processes: [[(task index, plan, low, high), ...] per worker].
+
+    A table of PARALLEL_MIN_ROWS rows or more (with a rowid) becomes one rowid range
+    per worker, any other table one task; the largest tasks are handed out first,
+    each to the worker with the fewest rows so far. Task indexes follow table and
+    range order, so merging by index keeps the ranges in order."""
+    tasks = []  # (rows, plan position, low, high)
+    for position, plan in enumerate(plans):
+        table = quote_sqlite(plan.sqlite_table)
+        if plan.rowid:
+            rid = plan.rowid_sql
+            low, high, count = sconn.execute(f"SELECT min({rid}), max({rid}), count(*) FROM {table}").fetchone()
+        else:
+            low = high = None
+            count = sconn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        if low is not None and count >= PARALLEL_MIN_ROWS and workers > 1:
+            step = (high + 1 - low) / workers
+            bounds = [low + int(step * n) for n in range(workers)] + [high + 1]
+            tasks += [(count / workers, position, bounds[n], bounds[n + 1]) for n in range(workers) if bounds[n] < bounds[n + 1]]
+        else:
+            tasks.append((count, position, None, None))
+    order = sorted(range(len(tasks)), key=lambda n: -tasks[n][0])
+    load = [0.0] * workers
+    assigned = [[] for _ in range(workers)]
+    for n in order:
+        rows, position, low, high = tasks[n]
+        target = load.index(min(load))
+        load[target] += rows
+        assigned[target].append((n, position, low, high))
+    return [sorted(part) for part in assigned if part]
+
+
+def digest_tables(cur, sconn, plans, path, workers, extra_minmax=None, keep_rejects=10):
+    """[(SideDigest, pg_digest result)] for every plan, in order.
+
+    The SQLite sides are computed by `workers` forked processes over all tables at
+    once (forked before any thread starts), while one thread computes PostgreSQL's
+    digests table after table over the connection: the two sides overlap across
+    tables instead of waiting for each other table by table. With workers=1 the
+    SQLite sides are read in this process.
+    """
+    extra_minmax = extra_minmax or {}
+    started = []
+    if workers > 1:
+        ctx = multiprocessing.get_context("fork")
+        inherited = _connection_fd(cur)
+        for part in plan_tasks(sconn, plans, workers):
+            receive, send = ctx.Pipe(duplex=False)
+            tasks = [(n, plans[position], low, high) for n, position, low, high in part]
+            proc = ctx.Process(target=_tasks_worker, args=(send, path, tasks, keep_rejects, inherited + [receive.fileno()]), daemon=True)
+            inherited.append(receive.fileno())
+            proc.start()
+            send.close()
+            started.append((proc, receive, {n: position for n, position, _l, _h in part}))
+    pg_results = {}
+
+    def pg_side():
+        try:
+            for position, plan in enumerate(plans):
+                pg_results[position] = pg_digest(cur, plan, extra_minmax=extra_minmax.get(plan.label, ()))
+        except BaseException as exc:  # re-raised below, in the caller's thread
+            pg_results["error"] = exc
+
+    thread = threading.Thread(target=pg_side, name="pg-digest", daemon=True)
+    thread.start()
+    try:
+        if started:
+            parts, errors = {}, []
+            for proc, receive, positions in started:
+                try:
+                    status, payload = receive.recv()
+                except EOFError:
+                    status, payload = "error", f"worker {proc.pid} ended without a result"
+                proc.join()
+                if status != "ok":
+                    errors.append(payload)
+                    continue
+                for n, state in payload:
+                    side = SideDigest()
+                    side.__dict__.update(state)
+                    parts.setdefault(positions[n], []).append((n, side))
+            if errors:
+                raise RuntimeError("reading the SQLite file failed: " + "; ".join(errors))
+            sides = [merge_sides([side for _n, side in sorted(parts.get(position, []), key=lambda x: x[0])], keep_rejects)
+                     for position in range(len(plans))]
+        else:
+            sides = [sqlite_digest(sconn, plan, keep_rejects=keep_rejects) for plan in plans]
+    finally:
+        thread.join()
+        for proc, receive, _positions in started:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+            receive.close()
+    if "error" in pg_results:
+        raise pg_results["error"]
+    return [(sides[position], pg_results[position]) for position in range(len(plans))]
 
 
 # -- narrowing down ----------------------------------------------------------------------

@@ -22,6 +22,7 @@ import contextlib
 import datetime
 import gc
 import json
+import multiprocessing
 import os
 import queue
 import re
@@ -29,7 +30,9 @@ import threading
 import time
 
 from ansible.module_utils.claude_pg import psycopg2, sql
+from ansible.module_utils.migration_digest import close_inherited
 from ansible.module_utils.migration_normalise import copy_unescape, normalise_batch, show_value
+from ansible.module_utils.migration_source import BATCH_ROWS, open_readonly, quote_sqlite
 
 SEGMENT_ROWS = 25_000
 SEGMENT_BYTES = 4 << 20
@@ -56,12 +59,21 @@ class RejectLog:
         self.entries = 0
         self.rows = {}
         self._handle = None
+        self._header = header
         self._first = True
         if path:
             self._partial = path + ".partial"
             self._handle = open(self._partial, "w", encoding="utf-8")
-            head = json.dumps(header, indent=1, default=str)
-            self._handle.write(head[:-2] + ',\n "rejects": [')
+
+    def _start(self):
+        """Write the header, once: its callable values (the backup's sha256, hashed
+        meanwhile) are resolved only when the first reject, or the end, comes."""
+        if self._header is None:
+            return
+        header = {k: v() if callable(v) else v for k, v in self._header.items()}
+        self._header = None
+        head = json.dumps(header, indent=1, default=str)
+        self._handle.write(head[:-2] + ',\n "rejects": [')
 
     def add(self, table, key, column, value, reason, stage):
         entry = {"table": table, "key": key, "column": column, "value": value, "reason": reason, "stage": stage}
@@ -69,6 +81,7 @@ class RejectLog:
         if len(self.kept) < KEEP_IN_RESULT:
             self.kept.append(entry)
         if self._handle:
+            self._start()
             self._handle.write(("\n  " if self._first else ",\n  ") + json.dumps(entry, default=str, ensure_ascii=False))
             self._first = False
 
@@ -82,6 +95,7 @@ class RejectLog:
     def close(self, summary):
         if not self._handle:
             return None
+        self._start()
         self._handle.write("\n ],\n \"rejected_rows\": " + json.dumps(self.rows) + ",\n \"summary\": " + json.dumps(summary, default=str) + "\n}\n")
         self._handle.close()
         self._handle = None
@@ -123,10 +137,11 @@ def _rejects_of(plan, rows, batch):
     return out
 
 
-def produce(plan, sconn, want_lines=False, want_keys=False, batch_rows=None):
-    """Items of normalised rows of a table (generator; used in the helper thread)."""
+def produce(plan, sconn, want_lines=False, want_keys=False, batch_rows=None, where="", params=()):
+    """Items of normalised rows of a table, or of the rows matching where (generator;
+    used in the helper thread or in the worker processes)."""
     kwargs = {"batch_rows": batch_rows} if batch_rows else {}
-    reader = plan.reader(sconn, **kwargs)
+    reader = plan.reader(sconn, where, params, **kwargs)
     keep_rowids = not plan.pk and plan.rowid
     at = plan.rowid_index
     for rows in reader.batches():
@@ -180,6 +195,139 @@ class Producer:
     def close(self):
         self._stop.set()
         self._thread.join(timeout=30)
+
+
+PARALLEL_MIN_ROWS = 50_000
+PARALLEL_QUEUE = 2
+
+
+def cpu_workers(requested=0):
+    """How many processes normalise a large table: requested, or with 0 the CPUs this process may use (at most 4)."""
+    if requested:
+        return requested
+    try:
+        available = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        available = os.cpu_count() or 1
+    return max(1, min(4, available))
+
+
+def table_extent(sconn, plan):
+    """(lowest rowid, highest rowid, rows) of the SQLite table; rowids are None without a rowid."""
+    table = quote_sqlite(plan.sqlite_table)
+    if not plan.rowid:
+        return None, None, sconn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    rid = plan.rowid_sql
+    return tuple(sconn.execute(f"SELECT min({rid}), max({rid}), count(*) FROM {table}").fetchone())
+
+
+def chunk_ranges(extent, batch_rows=None):
+    """[low, high) rowid ranges of about batch_rows rows each, in rowid order, or None
+    when the table is too small to be worth forking for (or has no rowid)."""
+    low, high, count = extent
+    if low is None or count < PARALLEL_MIN_ROWS:
+        return None
+    batch_rows = batch_rows or BATCH_ROWS
+    step = max(1, int((high - low + 1) * batch_rows / count))
+    return [(start, min(start + step, high + 1)) for start in range(low, high + 1, step)]
+
+
+def _chunk_worker(send, path, plan, ranges, want_lines, want_keys, batch_rows, close_fds):
+    """In a forked process: normalise every range of `ranges` and send its items (one
+    message per batch, then one that closes the range: memory stays bounded even when
+    a range holds far more rows than the average)."""
+    try:
+        close_inherited(close_fds)
+        sconn = open_readonly(path, immutable=True)
+        gc.disable()
+        rid = plan.rowid_sql
+        where = f"{rid} >= ? AND {rid} < ?"
+        for low, high in ranges:
+            for i in produce(plan, sconn, want_lines, want_keys, batch_rows, where, (low, high)):
+                send.send(("item", (i.data, i.lines, i.n, i.keys, i.rowids, i.read, i.rejects)))
+            send.send(("range", None))
+        send.send(("end", None))
+    except BaseException as exc:  # reported by the parent, which fails the run
+        try:
+            send.send(("error", f"{type(exc).__name__}: {exc}"))
+        except OSError:  # the parent has gone away
+            pass
+    finally:
+        send.close()
+
+
+class ParallelProducer:
+    """Items of a large table normalised by several forked processes, in rowid order.
+
+    The normalisation is CPU-bound Python, so threads would share one CPU. Each
+    worker opens the consistent copy of the SQLite file itself and takes every
+    n-th rowid range; a thread per worker receives its messages into a bounded
+    queue, and iteration takes the ranges back in order, so the rows reach COPY in
+    the same order as with one process and memory stays bounded (at most
+    PARALLEL_QUEUE + 2 batches per worker in flight). The workers only read the
+    file and are forked before the parent's threads start; they close the
+    inherited close_fds (the PostgreSQL connection's socket) and the read ends of
+    the pipes at once, so a worker whose parent dies fails on its next send.
+    """
+
+    def __init__(self, plan, path, ranges, workers, want_lines=False, want_keys=False, batch_rows=None, close_fds=()):
+        ctx = multiprocessing.get_context("fork")
+        self._ranges = len(ranges)
+        self._workers = []
+        self._stop = threading.Event()
+        inherited = list(close_fds)
+        for n in range(workers):
+            receive, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_chunk_worker, name=f"sqlite-normalise-{n}", daemon=True,
+                               args=(send, path, plan, ranges[n::workers], want_lines, want_keys, batch_rows,
+                                     inherited + [receive.fileno()]))
+            inherited.append(receive.fileno())
+            proc.start()
+            send.close()
+            self._workers.append((proc, receive, queue.Queue(maxsize=PARALLEL_QUEUE)))
+        self._threads = [threading.Thread(target=self._receive, args=(w,), name=f"sqlite-receive-{n}", daemon=True)
+                         for n, w in enumerate(self._workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def _receive(self, worker):
+        proc, receive, out = worker
+        while not self._stop.is_set():
+            try:
+                message = receive.recv()
+            except (EOFError, OSError):
+                message = ("error", f"worker process {proc.pid} ended without a result (exit code {proc.exitcode})")
+            while not self._stop.is_set():
+                try:
+                    out.put(message, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+            if message[0] not in ("item", "range"):
+                return
+
+    def __iter__(self):
+        for index in range(self._ranges):
+            out = self._workers[index % len(self._workers)][2]
+            while True:
+                kind, payload = out.get()
+                if kind == "range":
+                    break
+                if kind == "error":
+                    raise LoadError("reading the SQLite copy failed: " + payload)
+                if kind != "item":
+                    raise LoadError("a worker process stopped early")
+                yield Item(*payload)
+
+    def close(self):
+        self._stop.set()
+        for proc, receive, _out in self._workers:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join(timeout=30)
+            receive.close()
+        for thread in self._threads:
+            thread.join(timeout=30)
 
 
 # -- COPY --------------------------------------------------------------------------------
@@ -493,6 +641,7 @@ def check_foreign_keys(cur, plan, rejects, locked, stage="foreign_key"):
             key_cols = [sql.SQL("{}.{}").format(child, sql.Identifier(name)) for name in plan.pk_names] or [sql.SQL("NULL")]
             fk_cols = [sql.SQL("{}.{}::text").format(child, sql.Identifier(cc)) for cc, _ in pairs]
             n_key = len(key_cols)
+            orphans = 0
             with cur.connection.cursor(name="claude_kit_fk_check") as found:  # server-side: memory stays flat
                 found.itersize = 1000
                 found.execute(
@@ -501,17 +650,69 @@ def check_foreign_keys(cur, plan, rejects, locked, stage="foreign_key"):
                     )
                 )
                 for row in found:
+                    orphans += 1
                     key = dict(zip(plan.pk_names, row[:n_key])) if plan.pk_names else None
                     shown = ", ".join("null" if v is None else v for v in row[n_key:])
                     reason = (f'violates foreign key constraint "{fk["name"]}": Key ({", ".join(fk["columns"])})=({shown})'
                               f' is not present in table "{fk["parent"][1]}"')
                     rejects.count_row(plan.label)
                     rejects.add(plan.label, key, fk["columns"][0] if len(pairs) == 1 else None, show_value(shown), reason, stage)
-            cur.execute(sql.SQL("DELETE FROM {} {} WHERE {}").format(plan.ident, child, broken))
-            round_removed += cur.rowcount
+            if orphans:  # only then: the parents are locked, so no row of this run can lose its parent meanwhile
+                cur.execute(sql.SQL("DELETE FROM {} {} WHERE {}").format(plan.ident, child, broken))
+                round_removed += cur.rowcount
         removed += round_removed
         if not round_removed:
             return removed
+
+
+# -- secondary indexes, rebuilt after the load ------------------------------------------------
+
+REBUILD_MIN_ROWS = 10_000
+
+# Plain secondary indexes only: not unique (a duplicate key must still be refused
+# row by row while loading), not backing a constraint, nothing depending on them,
+# and nothing about them that pg_get_indexdef() does not print (tablespace,
+# comment, per-column statistics targets, CLUSTER mark, replica identity).
+_DROPPABLE_SQL = """
+SELECT n.nspname, ic.relname, pg_get_indexdef(i.indexrelid)
+FROM pg_index i
+JOIN pg_class ic ON ic.oid = i.indexrelid
+JOIN pg_namespace n ON n.oid = ic.relnamespace
+JOIN pg_class t ON t.oid = i.indrelid
+WHERE i.indrelid = %(oid)s
+  AND t.relkind = 'r' AND ic.relkind = 'i'
+  AND pg_has_role(t.relowner, 'USAGE')
+  AND NOT i.indisunique AND NOT i.indisprimary AND NOT i.indisexclusion
+  AND i.indisvalid AND i.indisready AND i.indislive
+  AND NOT i.indisclustered AND NOT i.indisreplident
+  AND ic.reltablespace = 0
+  AND NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conindid = i.indexrelid)
+  AND NOT EXISTS (SELECT 1 FROM pg_description WHERE objoid = i.indexrelid AND classoid = 'pg_class'::regclass)
+  AND NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = i.indexrelid AND attstattarget >= 0)
+  AND NOT EXISTS (SELECT 1 FROM pg_depend WHERE refclassid = 'pg_class'::regclass AND refobjid = i.indexrelid)
+  AND NOT EXISTS (SELECT 1 FROM pg_depend WHERE classid = 'pg_class'::regclass AND objid = i.indexrelid AND deptype = 'e')
+ORDER BY ic.relname
+"""
+
+
+def drop_secondary_indexes(cur, plan):
+    """Drop the table's plain secondary indexes for the load; returns [(schema, name, definition)]
+    for rebuild_indexes(). Only for a table that is empty and locked in this transaction:
+    building an index once from the loaded rows costs a fraction of updating it row by
+    row. DROP INDEX is transactional, so an interrupted run gets them back with the rollback;
+    meanwhile the table is locked ACCESS EXCLUSIVE (readers wait too)."""
+    cur.execute(_DROPPABLE_SQL, {"oid": plan.oid})
+    dropped = cur.fetchall()
+    for schema, name, _definition in dropped:
+        cur.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, name)))
+    return dropped
+
+
+def rebuild_indexes(cur, dropped):
+    """Create the dropped indexes again from the definitions PostgreSQL printed for them."""
+    for _schema, _name, definition in dropped:
+        cur.execute(definition)
+    return [name for _schema, name, _definition in dropped]
 
 
 # -- sequences ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import datetime
 import hashlib
 import os
 import sqlite3
+import threading
 import urllib.parse
 
 BATCH_ROWS = 5000
@@ -68,11 +69,33 @@ def backup_name(source, backup_dir, now=None):
     return path
 
 
-def backup(source, dest):
+class BackgroundHash:
+    """sha256 of a file computed in a helper thread (hashlib releases the GIL on large
+    blocks), so hashing the copy overlaps with the migration that reads it."""
+
+    def __init__(self, path):
+        self._result = {}
+        self._thread = threading.Thread(target=self._run, args=(path,), name="sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self, path):
+        try:
+            self._result["sha256"] = sha256_file(path)
+        except OSError as exc:
+            self._result["error"] = exc
+
+    def result(self):
+        self._thread.join()
+        if "error" in self._result:
+            raise SourceError(f"cannot read the copy to hash it: {self._result['error']}")
+        return self._result["sha256"]
+
+
+def backup(source, dest, digest=True):
     """Copy source to dest with SQLite's online backup API (consistent while others write).
 
     The copy is made under a temporary name and renamed into place, so dest is
-    either absent or complete. Returns dest's sha256.
+    either absent or complete. Returns dest's sha256 (None with digest=False).
     """
     src = open_readonly(source)
     partial = dest + ".partial"
@@ -91,7 +114,7 @@ def backup(source, dest):
         raise SourceError(f"cannot back up {source} to {dest}: {exc}") from None
     finally:
         src.close()
-    return sha256_file(dest)
+    return sha256_file(dest) if digest else None
 
 
 def list_tables(conn):

@@ -32,12 +32,14 @@ description:
     still lists every reject of the run. With I(on_reject=skip) the other rows are committed.
   - The whole run is one transaction, committed at the end. A failure or an interruption (killed
     process, lost connection) leaves the target exactly as it was; run again.
-  - Rows are streamed with COPY in bounded memory, whatever the table size. A helper thread reads and
-    normalises SQLite in batches while PostgreSQL loads the previous ones.
+  - Rows are streamed with COPY in bounded memory, whatever the table size. Worker processes (or, for
+    small tables, a helper thread) read and normalise SQLite in batches while PostgreSQL loads the
+    previous ones (see I(workers)).
   - Serial and identity sequences are moved past the highest migrated value.
   - Needs INSERT and SELECT on the tables and, for the sequences, UPDATE on them (setval) or USAGE
     (nextval, as the application role C(claude_app) has). Needs no superuser, no DDL and no temporary
-    table. I(mode=replace) needs TRUNCATE.
+    table. I(mode=replace) needs TRUNCATE. As the tables' owner (or a superuser) it rebuilds their
+    secondary indexes after the load (see I(rebuild_indexes)).
   - In check mode, takes a temporary copy of I(src) (removed afterwards), normalises every row and
     reports tables, row counts, column type mapping and predicted conversion rejects, in a read-only
     transaction. Rows PostgreSQL itself would refuse are only found by a real run.
@@ -106,6 +108,31 @@ options:
     type: str
     default: auto
     choices: [auto, per_row]
+  rebuild_indexes:
+    description:
+      - C(auto) drops a table's plain secondary indexes before loading it and creates them again, from
+        the definitions PostgreSQL prints for them, once its rows are in; building an index once costs
+        a fraction of updating it for every row. Only for a table that is empty when its load starts
+        (I(mode=empty) or I(mode=replace)), with at least 10,000 rows to load, owned by the login role
+        (or one of its roles, or a superuser); only indexes that are not unique, back no constraint,
+        have nothing depending on them and use the default tablespace, no comment, no statistics target,
+        no CLUSTER mark. Primary keys and unique indexes stay, so duplicate keys are still refused row by row.
+      - It happens inside the migration's one transaction, so an interrupted run gets the indexes back with
+        the rollback. Meanwhile the table is locked C(ACCESS EXCLUSIVE), so readers wait as well
+        (the runbook stops the daemon anyway). C(indexes_rebuilt) in each table's result lists them.
+      - C(never) keeps the indexes in place (readers of I(mode=empty) tables are not blocked).
+    type: str
+    default: auto
+    choices: [auto, never]
+  workers:
+    description:
+      - Processes that read and normalise a table of at least 50,000 rows in parallel, each taking every
+        n-th range of rowids of the consistent copy; the rows still reach PostgreSQL in rowid order, over
+        the one connection, in the one transaction.
+      - C(0) uses as many as CPUs this process may run on, at most 4. C(1) uses none (a helper thread
+        reads while the module's thread loads). Tables without a rowid always use one.
+    type: int
+    default: 0
   lock_timeout:
     description:
       - Seconds to wait for the table locks (I(mode=empty) locks the tables against concurrent writers in
@@ -201,6 +228,13 @@ tables:
     seconds:
       description: Time spent on the table.
       type: float
+    indexes_rebuilt:
+      description: Secondary indexes dropped before the load and built again after it (see I(rebuild_indexes)).
+      type: list
+      elements: str
+    workers:
+      description: Processes that normalised the table's rows (C(1) means the helper thread).
+      type: int
     columns:
       description: Column mapping, source column and declared SQLite type to target type.
       type: list
@@ -286,19 +320,26 @@ from ansible.module_utils.claude_pg import check_identifier, connect, pg_argumen
 from ansible.module_utils.migration_digest import digest_both
 from ansible.module_utils.migration_load import (
     LoadError,
+    ParallelProducer,
     Producer,
+    REBUILD_MIN_ROWS,
     RejectLog,
     TableLoader,
     Timer,
     advance_sequences,
     can_check_keys_after,
     check_foreign_keys,
+    chunk_ranges,
+    cpu_workers,
+    drop_secondary_indexes,
     gc_paused,
     now_utc,
     produce,
+    rebuild_indexes,
+    table_extent,
 )
 from ansible.module_utils.migration_plan import PlanError, build_plans, configure_session
-from ansible.module_utils.migration_source import SourceError, backup, backup_name, open_readonly
+from ansible.module_utils.migration_source import BackgroundHash, SourceError, backup, backup_name, open_readonly
 
 
 class MigrationFailed(Exception):
@@ -347,6 +388,8 @@ def _table_entry(plan, status):
         "rows_skipped": 0,
         "rows_rejected": 0,
         "seconds": 0.0,
+        "indexes_rebuilt": [],
+        "workers": 1,
         "columns": plan.mapping(),
         "missing_columns": plan.missing,
         "extra_columns": plan.extra,
@@ -368,6 +411,8 @@ def migrate(params, conn, check_mode=False, warn=None):
         check_identifier(params["schema"], "schema")
     except ValueError as exc:
         raise MigrationFailed(str(exc), result) from None
+    if params["workers"] < 0:
+        raise MigrationFailed(f"workers must be 0 (as many as CPUs) or more, not {params['workers']}", result)
     backup_dir = params.get("backup_dir") or os.path.dirname(os.path.abspath(src))
     if not os.path.isdir(backup_dir):
         raise MigrationFailed(f"backup_dir {backup_dir} is not a directory", result)
@@ -378,17 +423,18 @@ def migrate(params, conn, check_mode=False, warn=None):
     rejects = None
     snapshot = None
     sconn = None
+    hasher = None
     try:
         configure_session(cur)
         # 1. The consistent copy (the guide's step 1), and reading from it only.
         if check_mode:
             handle, snapshot = tempfile.mkstemp(dir=backup_dir, prefix=f".{os.path.basename(src)}.check-")
             os.close(handle)
-            result["backup_sha256"] = backup(src, snapshot)
         else:
             snapshot = backup_name(src, backup_dir)
-            result["backup_sha256"] = backup(src, snapshot)
             result["backup_path"] = snapshot
+        backup(src, snapshot, digest=False)
+        hasher = BackgroundHash(snapshot)  # joined in finally: below
         sconn = open_readonly(snapshot, immutable=True)
 
         # 2. Plan and checks: every problem is reported before anything is written.
@@ -449,7 +495,7 @@ def migrate(params, conn, check_mode=False, warn=None):
             report_path = params.get("reject_report") or snapshot + ".rejects.json"
         rejects = RejectLog(report_path, {
             "generated_at": now_utc(), "source": os.path.abspath(src), "backup": result["backup_path"],
-            "backup_sha256": result["backup_sha256"], "database": params["db"], "mode": mode, "on_reject": params["on_reject"],
+            "backup_sha256": hasher.result, "database": params["db"], "mode": mode, "on_reject": params["on_reject"],
         })
         if mode == "replace" and not check_mode:
             cur.execute(sql.SQL("TRUNCATE {}").format(idents))
@@ -457,22 +503,33 @@ def migrate(params, conn, check_mode=False, warn=None):
             result["changed"] = True
         if keys_after:
             cur.execute("SELECT set_config('session_replication_role', 'replica', true)")
+        workers = cpu_workers(params["workers"])
         for plan in plans:
             if plan.label in complete:
                 continue
             table_timer = Timer()
             entry = entries[plan.label]
             loader = TableLoader(cur, plan, rejects, mode, dry_run=check_mode)
-            items = produce(plan, sconn, want_lines=mode == "append", want_keys=mode == "append")
-            if check_mode:
-                loader.run(items)
+            append = mode == "append"
+            extent = table_extent(sconn, plan)
+            ranges = chunk_ranges(extent) if workers > 1 else None
+            dropped = []
+            if (params["rebuild_indexes"] == "auto" and not check_mode and mode in ("empty", "replace")
+                    and extent[2] >= REBUILD_MIN_ROWS):
+                # Empty here: mode=empty checked it (complete tables are skipped above), replace truncated.
+                dropped = drop_secondary_indexes(cur, plan)
+            if ranges:
+                producer = ParallelProducer(plan, snapshot, ranges, workers, want_lines=append, want_keys=append,
+                                            close_fds=[conn.fileno()])
+                entry["workers"] = workers
             else:
-                producer = Producer(items)
-                try:
-                    loader.run(producer)
-                finally:
-                    producer.close()
+                producer = Producer(produce(plan, sconn, want_lines=append, want_keys=append))
+            try:
+                loader.run(producer)
+            finally:
+                producer.close()
             removed = check_foreign_keys(cur, plan, rejects, locked) if keys_after and plan.foreign_keys else 0
+            entry["indexes_rebuilt"] = rebuild_indexes(cur, dropped)
             entry.update(rows_read=loader.read, rows_written=loader.written - removed, rows_skipped=loader.skipped,
                          rows_rejected=loader.rejected + removed, seconds=table_timer.seconds)
         result["rows_written"] = sum(entry["rows_written"] for entry in result["tables"])
@@ -496,6 +553,7 @@ def migrate(params, conn, check_mode=False, warn=None):
             result["changed"] = bool(result["rows_written"]) or (mode == "replace" and _any_rows(cur, plans))
         else:
             result["changed"] = result["changed"] or bool(result["rows_written"])
+        result["backup_sha256"] = hasher.result()
         result["seconds"] = timer.seconds
         result["reject_report"] = rejects.close({"rejected_rows": result["rejected_rows"], "rows_written": result["rows_written"],
                                                 "committed": not failing and not check_mode})
@@ -522,6 +580,11 @@ def migrate(params, conn, check_mode=False, warn=None):
         _abort(conn, rejects)
         raise MigrationFailed(f"PostgreSQL error, nothing was written: {str(exc).strip()}", result) from None
     finally:
+        if hasher is not None and result["backup_sha256"] is None:
+            try:
+                result["backup_sha256"] = hasher.result()
+            except SourceError:
+                pass  # the run failed already; its own error is the one to report
         if sconn is not None:
             sconn.close()
         if check_mode and snapshot and os.path.exists(snapshot):
@@ -558,6 +621,8 @@ def main():
         reject_report=dict(type="path"),
         lock_timeout=dict(type="int", default=60),
         foreign_key_check=dict(type="str", default="auto", choices=["auto", "per_row"]),
+        rebuild_indexes=dict(type="str", default="auto", choices=["auto", "never"]),
+        workers=dict(type="int", default=0),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     conn = connect(module, module.params["db"])

@@ -429,6 +429,28 @@ def test_fast_paths_agree_with_the_rules(base, typmod):
                     continue
                 assert i not in bad, (value, bad.get(i))
                 assert tokens[i] == expected, (value, tokens[i], expected)
+            # the whole-row format path: a spec only when every value prints exactly as the rule says
+            spec = converter.raw(values)
+            if spec is not None:
+                assert not bad, (values, spec)
+                assert [spec % value for value in values] == tokens, (values, spec)
+
+
+def test_rows_formatted_whole_are_the_joined_tokens():
+    rnd = random.Random(11)
+    converters = [conv("int4", notnull=True), conv("int8"), conv("timestamp"), conv("varchar", VARCHAR(3)),
+                  conv("numeric", NUMERIC(10, 4)), conv("text"), conv("bool")]
+    clean = [(n, n * 2**33, "2024-01-%02d 10:00:00" % (1 + n % 28), "ab", 1.5, "x y", 1) for n in range(50)]
+    messy = [tuple(rnd.choice([row[c], *_random_values(rnd, 2)]) for c in range(7)) for row in clean for _ in range(3)]
+    for rows in (clean, messy, clean[:1], clean + [(1, None, None, None, None, None, None)]):
+        batch = mn.normalise_batch(converters, rows)
+        expected, bad = [], {}
+        columns = [c.convert([row[i] for row in rows], bad, i) for i, c in enumerate(converters)]
+        expected = ["\t".join(tokens) for n, tokens in enumerate(zip(*columns)) if n not in bad]
+        assert batch.lines == expected and sorted(batch.bad) == sorted(bad)
+        for i in range(len(converters)):
+            assert batch.column(i) == [t for n, t in enumerate(columns[i]) if n not in bad]
+    assert mn.normalise_batch(converters, clean).raw  # the clean rows did take the whole-row path
 
 
 def test_timestamp_column_shapes_agree_with_the_rules():

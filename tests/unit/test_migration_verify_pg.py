@@ -259,13 +259,18 @@ def test_large_tables_are_read_in_parallel_parts(pg_db, pg_server, tmp_path, mon
 
     monkeypatch.setattr(md, "PARALLEL_MIN_ROWS", 100)
     monkeypatch.setattr(ver, "workers", lambda: 3)
-    forked = []
-    real_start = md.start_parts
-    monkeypatch.setattr(md, "start_parts", lambda *a, **k: forked.append(len(a[2])) or real_start(*a, **k))
+    split = []
+    real_plan = md.plan_tasks
+    monkeypatch.setattr(md, "plan_tasks", lambda *a, **k: split.append(real_plan(*a, **k)) or split[-1])
     src = big_source(tmp_path / "daemon.db")
     migrate(pg_server, pg_db, src)
     result = verify(pg_server, pg_db, src)
-    assert forked and all(n == 3 for n in forked)
+    # Three processes; the large usage_data table is read as three rowid ranges, one per process.
+    assert split and len(split[0]) == 3
+    usage_ranges = [(low, high) for part in split[0] for _n, position, low, high in part if low is not None]
+    usage_ranges.sort()
+    assert len(usage_ranges) == 3 and usage_ranges[0][0] == 1 and usage_ranges[-1][1] == 5100  # ids 1-5, 100-5099
+    assert all(usage_ranges[n][1] == usage_ranges[n + 1][0] for n in range(2))  # no gap, no overlap
     usage = tables(result)["usage_data"]
     assert usage["match"] and usage["sqlite_rows"] == 5005 and usage["timestamps"]["created_at"]["sqlite_max"] == "2024-01-15 13:00:00"
     query(pg_server, pg_db, "UPDATE usage_data SET cost_usd = cost_usd + 1 WHERE id IN (120, 4999)")
@@ -278,13 +283,13 @@ def test_a_file_written_during_the_comparison_is_refused(pg_db, pg_server, tmp_p
     migrate(pg_server, pg_db, src)
     real = ver.verify_table
 
-    def write_meanwhile(cur, sconn, plan, params):
+    def write_meanwhile(cur, sconn, plan, *args):
         if plan.table == "alerts":  # the daemon writes while the comparison runs
             writer = sqlite3.connect(src)
             writer.execute("UPDATE users SET email = 'new@example.org' WHERE id = 2")
             writer.commit()
             writer.close()
-        return real(cur, sconn, plan, params)
+        return real(cur, sconn, plan, *args)
 
     monkeypatch.setattr(ver, "verify_table", write_meanwhile)
     failed = verify_fails(pg_server, pg_db, src)

@@ -4,6 +4,7 @@ Also holds the helpers test_migration_verify_pg.py uses: a fresh database per te
 (copied from a template that has the schema) and SQLite files shaped like the daemon's.
 """
 
+import hashlib
 import itertools
 import json
 import os
@@ -81,18 +82,23 @@ def pg_template(pg_server):
     return pg_server
 
 
-@pytest.fixture
-def pg_db(pg_template):
-    """A fresh database with the kit's schema, for one test."""
+def fresh_db(pg_template):
+    """A fresh database with the kit's schema."""
     name = f"mig_{os.getpid()}_{next(_counter)}"
     pg_template.psql(f'CREATE DATABASE "{name}" TEMPLATE {TEMPLATE}')
     return name
 
 
+@pytest.fixture
+def pg_db(pg_template):
+    """A fresh database with the kit's schema, for one test."""
+    return fresh_db(pg_template)
+
+
 def params(src, db, pg, **over):
     out = dict(
         src=src, db=db, schema="public", tables=[], mode="empty", on_reject="fail", backup_dir=None, reject_report=None,
-        lock_timeout=60, foreign_key_check="auto", login_user="postgres", login_password="", login_host="", login_unix_socket=pg.dir,
+        lock_timeout=60, foreign_key_check="auto", rebuild_indexes="auto", workers=0, login_user="postgres", login_password="", login_host="", login_unix_socket=pg.dir,
         login_port=pg.port, ssl_mode="prefer", ca_cert=None, ssl_cert=None, ssl_key=None, connect_timeout=10,
     )
     out.update(over)
@@ -385,18 +391,158 @@ def test_killed_process_leaves_target_unchanged_and_rerun_completes(pg_db, pg_se
         else:
             pytest.fail("the COPY of usage_data never started")
         time.sleep(0.2)
+        workers = children(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    for _ in range(100):  # the server notices the lost client and rolls back
-        if not query(pg_server, "postgres", "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'kill-test'")[0][0]:
-            break
+    assert workers, "usage_data is large enough to be normalised by worker processes"
+    # The workers hold neither the PostgreSQL socket nor the other ends of their pipes:
+    # the server sees the client go away, and they stop at their next send.
+    deadline = time.time() + 10
+    while time.time() < deadline and (alive(workers) or query(
+            pg_server, "postgres", "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'kill-test'")[0][0]):
         time.sleep(0.05)
+    assert not alive(workers)
+    assert not query(pg_server, "postgres", "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'kill-test'")[0][0]
     assert counts(pg_server, pg_db) == {"users": 0, "usage_data": 0, "alerts": 0, "predictions": 0}
+    assert index_definitions(pg_server, pg_db) == INDEXES  # dropped for the load, back with the rollback
     result = migrate(pg_server, pg_db, src)
     assert by_table(result)["usage_data"]["rows_written"] == 300005
     assert query(pg_server, pg_db, "SELECT count(*), count(DISTINCT id) FROM usage_data")[0] == (300005, 300005)
+
+
+def children(pid):
+    """Pids of the processes whose parent is pid."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", encoding="ascii", errors="replace") as handle:
+                    if int(handle.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return found
+
+
+def alive(pids):
+    out = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+                if handle.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
+# -- parallel normalisation, indexes rebuilt after the load -------------------------------
+
+INDEXES = {
+    ("alerts", "alerts_pkey"), ("alerts", "idx_alerts_level"), ("alerts", "idx_alerts_timestamp"),
+    ("predictions", "idx_predictions_date"), ("predictions", "predictions_pkey"),
+    ("usage_data", "idx_usage_data_timestamp"), ("usage_data", "idx_usage_data_timestamp_user"),
+    ("usage_data", "idx_usage_data_user_id"), ("usage_data", "usage_data_pkey"),
+    ("users", "users_email_key"), ("users", "users_pkey"), ("users", "users_username_key"),
+}
+
+
+def index_definitions(pg, db, with_sql=False):
+    rows = query(pg, db, "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'")
+    return {tuple(r) if with_sql else tuple(r[:2]) for r in rows}
+
+
+def bulky_source(path, rows=6000):
+    """The sample rows plus generated usage rows, with rows no conversion can save spread over the table."""
+    src = make_source(path)
+    conn = sqlite3.connect(src)
+    conn.execute(
+        "INSERT INTO usage_data (id, user_id, timestamp, tokens_used, cost_usd, session_id, endpoint, created_at)"
+        " WITH RECURSIVE n(i) AS (SELECT 100 UNION ALL SELECT i + 1 FROM n WHERE i < 99 + ?)"
+        " SELECT i, 1 + i % 3, CASE i % 3 WHEN 0 THEN strftime('%Y-%m-%dT%H:%M:%fZ', 1700000000 + i * 7.001, 'unixepoch')"
+        " WHEN 1 THEN 1700000000 + i ELSE (1700000000 + i) * 1000 END, i * 3, (i % 997) / 100.0,"
+        " 'sess-' || i || CASE WHEN i % 500 = 0 THEN char(9) || 'tab' ELSE '' END, '/v1/messages',"
+        " CASE WHEN i % 1999 = 0 THEN 'not a date' ELSE datetime(1700000000 + i, 'unixepoch') END FROM n",
+        (rows,),
+    )
+    conn.commit()
+    conn.close()
+    return src
+
+
+def test_worker_processes_load_the_same_rows_in_the_same_order(pg_template, pg_server, tmp_path, monkeypatch):
+    from ansible.module_utils import migration_load as ml
+
+    src = bulky_source(tmp_path / "daemon.db")
+    one, many = fresh_db(pg_template), fresh_db(pg_template)
+    single = migrate(pg_server, one, src, on_reject="skip", workers=1)
+    monkeypatch.setattr(ml, "PARALLEL_MIN_ROWS", 100)
+    monkeypatch.setattr(ml, "BATCH_ROWS", 700)  # about nine rowid ranges, handed out to three workers in turn
+    parallel = migrate(pg_server, many, src, on_reject="skip", workers=3)
+    assert by_table(single)["usage_data"]["workers"] == 1 and by_table(parallel)["usage_data"]["workers"] == 3
+    assert [(t["table"], t["rows_read"], t["rows_written"], t["rows_rejected"]) for t in single["tables"]] == \
+        [(t["table"], t["rows_read"], t["rows_written"], t["rows_rejected"]) for t in parallel["tables"]]
+    assert by_table(parallel)["usage_data"]["rows_rejected"] == 3  # ids 1999, 3998, 5997: 'not a date'
+    assert [(r["key"], r["column"], r["reason"]) for r in single["rejects"]] == \
+        [(r["key"], r["column"], r["reason"]) for r in parallel["rejects"]]
+    physical = "SELECT id, timestamp, session_id, created_at FROM usage_data ORDER BY ctid"
+    assert query(pg_server, one, physical) == query(pg_server, many, physical)  # same values, same order
+
+
+def test_secondary_indexes_are_rebuilt_as_they_were(pg_template, pg_server, tmp_path, monkeypatch):
+    src = bulky_source(tmp_path / "daemon.db")
+    db = fresh_db(pg_template)
+    before = index_definitions(pg_server, db, with_sql=True)
+    monkeypatch.setattr(mig, "REBUILD_MIN_ROWS", 1000)
+    result = migrate(pg_server, db, src, on_reject="skip")
+    assert by_table(result)["usage_data"]["indexes_rebuilt"] == [
+        "idx_usage_data_timestamp", "idx_usage_data_timestamp_user", "idx_usage_data_user_id"]
+    assert by_table(result)["alerts"]["indexes_rebuilt"] == []  # 3 rows: below the threshold
+    assert index_definitions(pg_server, db, with_sql=True) == before  # same names and definitions
+    # The planner can use them (they are valid and built from the loaded rows).
+    plan = query(pg_server, db, "EXPLAIN SELECT id FROM usage_data WHERE user_id = 2")
+    assert query(pg_server, db, "SELECT count(*) FROM pg_index WHERE NOT indisvalid")[0][0] == 0 and plan
+    kept = migrate(pg_server, fresh_db(pg_template), src, on_reject="skip", rebuild_indexes="never")
+    assert all(t["indexes_rebuilt"] == [] for t in kept["tables"])
+
+
+def test_failed_run_keeps_the_indexes(pg_template, pg_server, tmp_path, monkeypatch):
+    src = bulky_source(tmp_path / "daemon.db")
+    db = fresh_db(pg_template)
+    before = index_definitions(pg_server, db, with_sql=True)
+    monkeypatch.setattr(mig, "REBUILD_MIN_ROWS", 1000)
+    failed = migrate_fails(pg_server, db, src)  # on_reject=fail: the 'not a date' rows fail the run
+    assert failed.result["rejected_rows"] == 3
+    assert index_definitions(pg_server, db, with_sql=True) == before
+    assert counts(pg_server, db)["usage_data"] == 0
+
+
+def test_indexes_stay_when_the_role_does_not_own_the_tables(pg_template, pg_server, tmp_path, app_role, monkeypatch):
+    src = bulky_source(tmp_path / "daemon.db", rows=2000)
+    db = fresh_db(pg_template)
+    monkeypatch.setattr(mig, "REBUILD_MIN_ROWS", 10)
+    result = migrate(pg_server, db, src, user=app_role, on_reject="skip")
+    assert all(t["indexes_rebuilt"] == [] for t in result["tables"])
+    assert index_definitions(pg_server, db) == INDEXES
+
+
+def test_reject_report_names_the_copy_and_its_sha256(pg_db, pg_server, tmp_path):
+    src = bulky_source(tmp_path / "daemon.db", rows=2000)
+    result = migrate(pg_server, pg_db, src, on_reject="skip")
+    with open(result["reject_report"], encoding="utf-8") as handle:
+        report = json.load(handle)
+    digest = hashlib.sha256(open(result["backup_path"], "rb").read()).hexdigest()
+    assert report["backup"] == result["backup_path"] and report["backup_sha256"] == result["backup_sha256"] == digest
+    assert report["rejected_rows"] == {"usage_data": 1}
+
+
+def test_negative_workers_is_refused_before_anything_happens(pg_db, pg_server, tmp_path):
+    src = make_source(tmp_path / "daemon.db")
+    failed = migrate_fails(pg_server, pg_db, src, workers=-1)
+    assert "workers must be 0" in failed.msg and failed.result["backup_path"] is None
+    assert sorted(os.listdir(tmp_path)) == ["daemon.db"]
 
 
 # -- append and replace -----------------------------------------------------------------
