@@ -114,11 +114,11 @@ class Bench:
         return sum(int(self.pg.psql(f"SELECT count(*) FROM {t}", db)) for t in TABLES)
 
     # -- the peers ---------------------------------------------------------------------
-    def ansible(self, module, args, label):
+    def ansible(self, module, args, label, sample=False):
         rss_file = os.path.join(self.out, f"rss-{label}.txt")
         env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="json",
                    ANSIBLE_LOAD_CALLBACK_PLUGINS="1", KIT_BENCH_PYTHON=os.path.join(VENV_BIN, "python"),
-                   KIT_BENCH_RSS_FILE=rss_file)
+                   KIT_BENCH_RSS_FILE=rss_file, KIT_BENCH_SAMPLE="1" if sample else "0")
         cmd = [os.path.join(VENV_BIN, "ansible"), "localhost", "-c", "local", "-i", "localhost,", "-m", module,
                "-a", json.dumps(args), "-e", f"ansible_python_interpreter={os.path.join(HERE, 'rss_python')}"]
         start = time.monotonic()
@@ -135,14 +135,18 @@ class Bench:
     def conn_args(self, db):
         return {"db": db, "login_unix_socket": self.pg.dir, "login_port": self.pg.port}
 
-    def module(self, src, total, label):
+    def module(self, src, total, label, sample=False):
         db = self.fresh_db(f"bench_module_{label}")
         backups = tempfile.mkdtemp(prefix="backup-", dir=self.out)
         try:
             args = dict(self.conn_args(db), src=src, backup_dir=backups)
             if self.args.foreign_key_check != "auto":
                 args["foreign_key_check"] = self.args.foreign_key_check
-            seconds, result, rss = self.ansible("sqlite_to_postgres", args, f"module-{label}")
+            if self.args.workers is not None:
+                args["workers"] = self.args.workers
+            if self.args.rebuild_indexes != "auto":
+                args["rebuild_indexes"] = self.args.rebuild_indexes
+            seconds, result, rss = self.ansible("sqlite_to_postgres", args, f"module-{label}", sample=sample)
         finally:
             shutil.rmtree(backups, ignore_errors=True)
         if result.get("failed") or result["rows_written"] != total:
@@ -230,8 +234,11 @@ class Bench:
                 if peer in runs and not args.skip_peer_verify:
                     runs[f"verify_{peer}"] = self.verify(src, runs[peer]["db"], peer)
             if args.small_factor > 1:
+                # Memory, in runs of their own (sampling the process tree costs CPU): the full
+                # data set, then one small_factor times smaller.
+                runs["module_memory"] = self.module(src, total, "memory", sample=True)
                 small_src, small_total = self.data(args.small_factor)
-                runs["module_small"] = self.module(small_src, small_total, "small")
+                runs["module_small"] = self.module(small_src, small_total, "small", sample=True)
             runs["load_after"] = load_average()
         finally:
             self.pg.stop()
@@ -263,11 +270,12 @@ class Bench:
                 lines.append(f"  {peer}'s database identical to the source after normalisation: {pv['match']} {pv['differing_tables'] or ''}")
         if "module_small" in runs:
             s = runs["module_small"]
+            full = runs["module_memory"]
             for key, what in (("peak_rss_mib", "peak RSS of the largest process"),
-                              ("tree_pss_mib", "peak PSS of the module and its workers together")):
-                peak = max(r[key] for r in runs["module_runs"])
-                lines.append(f"module {what}: {peak:.1f} MiB for {m['rows']} rows (highest of {len(runs['module_runs'])} runs), "
-                             f"{s[key]:.1f} MiB for {s['rows']} rows ({s['seconds']:.2f} s)")
+                              ("tree_pss_mib", "peak PSS of the module and its workers together"),
+                              ("tree_rss_mib", "peak RSS summed over the module and its workers (shared pages counted twice)")):
+                lines.append(f"module {what}: {full[key]:.1f} MiB for {full['rows']} rows, "
+                             f"{s[key]:.1f} MiB for {s['rows']} rows ({full[key] / s[key]:.2f}x for {full['rows'] // s['rows']}x the rows)")
         text = "\n".join(lines)
         print("\n" + text)
         stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
@@ -278,9 +286,11 @@ class Bench:
 
 
 def _mib(memory):
-    """rss_python's figures in MiB: the largest single process, and the module's process tree together."""
-    return {"peak_rss_mib": memory["max_process_kib"] / 1024, "tree_pss_mib": memory["tree_pss_kib"] / 1024,
-            "tree_rss_mib": memory["tree_rss_kib"] / 1024}
+    """rss_python's figures in MiB: the largest single process, and the module's process tree together (sampled runs)."""
+    def mib(kib):
+        return None if kib is None else kib / 1024
+    return {"peak_rss_mib": mib(memory["max_process_kib"]), "tree_pss_mib": mib(memory["tree_pss_kib"]),
+            "tree_rss_mib": mib(memory["tree_rss_kib"])}
 
 
 def main():
@@ -292,6 +302,8 @@ def main():
     parser.add_argument("--repeat", type=int, default=3, help="rounds of module, pgloader, raw (interleaved); medians are reported")
     parser.add_argument("--small-factor", type=int, default=10, help="also run the module on data this many times smaller (RSS); 1 skips")
     parser.add_argument("--foreign-key-check", choices=["auto", "per_row"], default="auto", help="the module's foreign_key_check")
+    parser.add_argument("--workers", type=int, default=None, help="the module's workers (default: its own default, one per CPU)")
+    parser.add_argument("--rebuild-indexes", choices=["auto", "never"], default="auto", help="the module's rebuild_indexes")
     parser.add_argument("--skip-pgloader", action="store_true")
     parser.add_argument("--skip-raw", action="store_true")
     parser.add_argument("--skip-peer-verify", action="store_true", help="do not run migration_verify on the peers' databases")

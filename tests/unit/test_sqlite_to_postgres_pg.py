@@ -489,6 +489,10 @@ def test_worker_processes_load_the_same_rows_in_the_same_order(pg_template, pg_s
         [(r["key"], r["column"], r["reason"]) for r in parallel["rejects"]]
     physical = "SELECT id, timestamp, session_id, created_at FROM usage_data ORDER BY ctid"
     assert query(pg_server, one, physical) == query(pg_server, many, physical)  # same values, same order
+    # append through the workers: every key is there already
+    again = migrate(pg_server, many, src, mode="append", on_reject="skip", workers=3)
+    usage = by_table(again)["usage_data"]
+    assert (usage["workers"], usage["rows_written"], usage["rows_skipped"], usage["rows_rejected"]) == (3, 0, 6002, 3)
 
 
 def test_secondary_indexes_are_rebuilt_as_they_were(pg_template, pg_server, tmp_path, monkeypatch):

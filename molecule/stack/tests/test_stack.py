@@ -91,7 +91,7 @@ def test_legacy_sqlite_file_was_migrated_before_the_daemon_served(host):
     assert psql("SELECT username FROM users WHERE id = 1") == "legacy-ada"
     assert psql("SELECT model_version FROM predictions WHERE id = 1") == "v1"
     # Normalised by the target type: epoch milliseconds, epoch seconds, 'true'.
-    assert psql("SELECT timestamp || '|' || acknowledged FROM alerts WHERE id = 'legacy-alert-1'") == "2026-03-02 10:00:01|t"
+    assert psql("SELECT timestamp || '|' || acknowledged FROM alerts WHERE id = 'legacy-alert-1'") == "2026-03-02 10:00:01|true"
     assert psql("SELECT acknowledged FROM alerts WHERE id = 'legacy-alert-2'") == "t"
     assert psql("SELECT timestamp FROM usage_data WHERE id = 3") == "2026-03-01 10:03:00"
     # The sequence was moved past the migrated ids: the usage monitor's own rows came after them.
