@@ -270,8 +270,10 @@ def _tasks_worker(send, path, tasks, keep_rejects, close_fds):
                 side = sqlite_digest(sconn, plan, keep_rejects=keep_rejects)
             else:
                 rid = plan.rowid_sql
+                # the last range has no upper bound: high + 1 may be 2**63, which SQLite cannot bind
+                where, params = (f"{rid} >= ? AND {rid} < ?", (low, high)) if high is not None else (f"{rid} >= ?", (low,))
                 side = SideDigest()
-                for rows in plan.reader(sconn, f"{rid} >= ? AND {rid} < ?", (low, high)).batches():
+                for rows in plan.reader(sconn, where, params).batches():
                     side.add(plan, rows, keep_rejects)
             out.append((index, side.__dict__))
         send.send(("ok", out))
@@ -300,7 +302,9 @@ def plan_tasks(sconn, plans, workers):
         if low is not None and count >= PARALLEL_MIN_ROWS and workers > 1:
             step = (high + 1 - low) / workers
             bounds = [low + int(step * n) for n in range(workers)] + [high + 1]
-            tasks += [(count / workers, position, bounds[n], bounds[n + 1]) for n in range(workers) if bounds[n] < bounds[n + 1]]
+            parts = [(bounds[n], bounds[n + 1]) for n in range(workers) if bounds[n] < bounds[n + 1]]
+            parts[-1] = (parts[-1][0], None)
+            tasks += [(count / workers, position, lo, hi) for lo, hi in parts]
         else:
             tasks.append((count, position, None, None))
     order = sorted(range(len(tasks)), key=lambda n: -tasks[n][0])

@@ -229,7 +229,18 @@ def chunk_ranges(extent, batch_rows=None):
         return None
     batch_rows = batch_rows or BATCH_ROWS
     step = max(1, int((high - low + 1) * batch_rows / count))
-    return [(start, min(start + step, high + 1)) for start in range(low, high + 1, step)]
+    ranges = [(start, start + step) for start in range(low, high + 1, step)]
+    # The last range is open-ended: high + 1 may be 2**63, which SQLite cannot bind.
+    ranges[-1] = (ranges[-1][0], None)
+    return ranges
+
+
+def rowid_range_sql(plan, low, high):
+    """(condition, params) selecting rowids from low up to, not including, high (None: no upper bound)."""
+    rid = plan.rowid_sql
+    if high is None:
+        return f"{rid} >= ?", (low,)
+    return f"{rid} >= ? AND {rid} < ?", (low, high)
 
 
 def _chunk_worker(send, path, plan, ranges, want_lines, want_keys, batch_rows, close_fds):
@@ -240,10 +251,9 @@ def _chunk_worker(send, path, plan, ranges, want_lines, want_keys, batch_rows, c
         close_inherited(close_fds)
         sconn = open_readonly(path, immutable=True)
         gc.disable()
-        rid = plan.rowid_sql
-        where = f"{rid} >= ? AND {rid} < ?"
         for low, high in ranges:
-            for i in produce(plan, sconn, want_lines, want_keys, batch_rows, where, (low, high)):
+            where, params = rowid_range_sql(plan, low, high)
+            for i in produce(plan, sconn, want_lines, want_keys, batch_rows, where, params):
                 send.send(("item", (i.data, i.lines, i.n, i.keys, i.rowids, i.read, i.rejects)))
             send.send(("range", None))
         send.send(("end", None))
@@ -265,9 +275,10 @@ class ParallelProducer:
     queue, and iteration takes the ranges back in order, so the rows reach COPY in
     the same order as with one process and memory stays bounded (at most
     PARALLEL_QUEUE + 2 batches per worker in flight). The workers only read the
-    file and are forked before the parent's threads start; they close the
-    inherited close_fds (the PostgreSQL connection's socket) and the read ends of
-    the pipes at once, so a worker whose parent dies fails on its next send.
+    file and are forked before this producer's threads start (the only other
+    thread then is the one hashing the copy, whose objects they never touch); they
+    close the inherited close_fds (the PostgreSQL connection's socket) and the read
+    ends of the pipes at once, so a worker whose parent dies fails on its next send.
     """
 
     def __init__(self, plan, path, ranges, workers, want_lines=False, want_keys=False, batch_rows=None, close_fds=()):
@@ -296,7 +307,10 @@ class ParallelProducer:
             try:
                 message = receive.recv()
             except (EOFError, OSError):
+                proc.join(timeout=5)
                 message = ("error", f"worker process {proc.pid} ended without a result (exit code {proc.exitcode})")
+            except BaseException as exc:  # anything else must reach the consumer too, or it would wait for ever
+                message = ("error", f"receiving from worker process {proc.pid} failed: {type(exc).__name__}: {exc}")
             while not self._stop.is_set():
                 try:
                     out.put(message, timeout=0.2)
@@ -670,7 +684,9 @@ def check_foreign_keys(cur, plan, rejects, locked, stage="foreign_key"):
 REBUILD_MIN_ROWS = 10_000
 
 # Plain secondary indexes only: not unique (a duplicate key must still be refused
-# row by row while loading), not backing a constraint, nothing depending on them,
+# row by row while loading), on columns only (an expression or a predicate can fail
+# on a row, which must then be rejected on its own, not fail the rebuild), not
+# backing a constraint, not part of a partitioned index, nothing depending on them,
 # and nothing about them that pg_get_indexdef() does not print (tablespace,
 # comment, per-column statistics targets, CLUSTER mark, replica identity).
 _DROPPABLE_SQL = """
@@ -685,7 +701,9 @@ WHERE i.indrelid = %(oid)s
   AND NOT i.indisunique AND NOT i.indisprimary AND NOT i.indisexclusion
   AND i.indisvalid AND i.indisready AND i.indislive
   AND NOT i.indisclustered AND NOT i.indisreplident
+  AND i.indexprs IS NULL AND i.indpred IS NULL
   AND ic.reltablespace = 0
+  AND NOT EXISTS (SELECT 1 FROM pg_inherits WHERE inhrelid = i.indexrelid)
   AND NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conindid = i.indexrelid)
   AND NOT EXISTS (SELECT 1 FROM pg_description WHERE objoid = i.indexrelid AND classoid = 'pg_class'::regclass)
   AND NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = i.indexrelid AND attstattarget >= 0)

@@ -116,10 +116,12 @@ options:
         (I(mode=empty) or I(mode=replace)), with at least 10,000 rows to load, owned by the login role
         (or one of its roles, or a superuser); only indexes that are not unique, back no constraint,
         have nothing depending on them and use the default tablespace, no comment, no statistics target,
-        no CLUSTER mark. Primary keys and unique indexes stay, so duplicate keys are still refused row by row.
+        no CLUSTER mark, no expression or predicate, not part of a partitioned index. Primary keys and unique
+        indexes stay, so duplicate keys are still refused row by row.
       - It happens inside the migration's one transaction, so an interrupted run gets the indexes back with
-        the rollback. Meanwhile the table is locked C(ACCESS EXCLUSIVE), so readers wait as well
-        (the runbook stops the daemon anyway). C(indexes_rebuilt) in each table's result lists them.
+        the rollback. Meanwhile the table is locked C(ACCESS EXCLUSIVE), so readers in other sessions (the
+        daemons of other hosts, say) wait as well, until the commit. C(indexes_rebuilt) in each table's result
+        lists them.
       - C(never) keeps the indexes in place (readers of I(mode=empty) tables are not blocked).
     type: str
     default: auto
@@ -542,10 +544,12 @@ def migrate(params, conn, check_mode=False, warn=None):
         if failing or check_mode:
             conn.rollback()
         else:
-            # 4. Sequences past the migrated ids, then the one commit.
+            # 4. Sequences past the migrated ids, the copy's sha256 (a failure here still
+            # rolls back), then the one commit.
             for plan in plans:
                 if plan.label not in complete:
                     result["sequences"].extend(advance_sequences(cur, plan))
+            result["backup_sha256"] = hasher.result()
             conn.commit()
         if failing:
             result["changed"] = False

@@ -532,6 +532,36 @@ def test_indexes_stay_when_the_role_does_not_own_the_tables(pg_template, pg_serv
     assert index_definitions(pg_server, db) == INDEXES
 
 
+def test_expression_indexes_stay_so_a_row_they_refuse_is_rejected_alone(pg_template, pg_server, tmp_path, monkeypatch):
+    db = fresh_db(pg_template)
+    pg_server.psql("CREATE INDEX alerts_threshold ON alerts (((metadata->>'threshold')::int))", db)
+    alerts = ALERTS[:1] + [(f"b-{n}", 1, "info", "t", None, "2024-01-15 10:00:00", 0, '{"threshold": %d}' % n, None)
+                           for n in range(2000)] + [("b-high", 1, "info", "t", None, "2024-01-15 10:00:00", 0, '{"threshold": "high"}', None)]
+    src = make_source(tmp_path / "daemon.db", alerts=alerts)
+    monkeypatch.setattr(mig, "REBUILD_MIN_ROWS", 100)
+    result = migrate(pg_server, db, src, on_reject="skip")
+    entry = by_table(result)["alerts"]
+    assert entry["indexes_rebuilt"] == ["idx_alerts_level", "idx_alerts_timestamp"]  # not the expression index
+    assert (entry["rows_written"], entry["rows_rejected"]) == (2001, 1)
+    assert result["rejects"][0]["key"] == {"id": "b-high"} and "high" in result["rejects"][0]["reason"]
+
+
+def test_workers_read_up_to_the_largest_rowid(pg_template, pg_server, tmp_path, monkeypatch):
+    from ansible.module_utils import migration_load as ml
+
+    src = bulky_source(tmp_path / "daemon.db", rows=1000)
+    conn = sqlite3.connect(src)
+    conn.execute("INSERT INTO usage_data (id, user_id, timestamp) VALUES (9223372036854775807, 1, '2024-01-01 00:00:00')")
+    conn.commit()
+    conn.close()
+    monkeypatch.setattr(ml, "PARALLEL_MIN_ROWS", 100)
+    result = migrate(pg_server, fresh_db(pg_template), src, on_reject="skip", workers=2)
+    usage = by_table(result)["usage_data"]
+    assert usage["workers"] == 2 and usage["rows_read"] == 1006
+    assert {"key": {"id": 9223372036854775807}, "column": "id"}.items() <= \
+        next(r for r in result["rejects"] if r["column"] == "id").items()  # out of range for integer, rejected alone
+
+
 def test_reject_report_names_the_copy_and_its_sha256(pg_db, pg_server, tmp_path):
     src = bulky_source(tmp_path / "daemon.db", rows=2000)
     result = migrate(pg_server, pg_db, src, on_reject="skip")
