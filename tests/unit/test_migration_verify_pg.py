@@ -10,6 +10,7 @@ from test_sqlite_to_postgres_pg import (  # noqa: F401 - fixtures used by name
     ansible,
     app_role,
     connect,
+    generated_source,
     make_source,
     migrate,
     pg_db,
@@ -47,18 +48,7 @@ def tables(result):
 
 def big_source(path, rows=5000):
     """The sample rows plus `rows` generated usage rows, enough for several bisection rounds."""
-    src = make_source(path)
-    conn = sqlite3.connect(src)
-    conn.execute(
-        "INSERT INTO usage_data (id, user_id, timestamp, tokens_used, cost_usd, session_id, endpoint, created_at)"
-        " WITH RECURSIVE n(i) AS (SELECT 100 UNION ALL SELECT i + 1 FROM n WHERE i < 99 + ?)"
-        " SELECT i, 1 + i % 3, strftime('%Y-%m-%dT%H:%M:%fZ', 1700000000 + i * 7.001, 'unixepoch'), i * 3, (i % 997) / 100.0,"
-        " 'sess-' || i, '/v1/messages', datetime(1700000000 + i, 'unixepoch') FROM n",
-        (rows,),
-    )
-    conn.commit()
-    conn.close()
-    return src
+    return generated_source(path, rows)
 
 
 def test_clean_migration_verifies(pg_db, pg_server, tmp_path):

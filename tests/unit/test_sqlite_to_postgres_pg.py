@@ -454,22 +454,33 @@ def index_definitions(pg, db, with_sql=False):
     return {tuple(r) if with_sql else tuple(r[:2]) for r in rows}
 
 
-def bulky_source(path, rows=6000):
-    """The sample rows plus generated usage rows, with rows no conversion can save spread over the table."""
+def generated_source(path, rows=5000, messy=False):
+    """The sample rows plus `rows` generated usage rows (ids 100 on). messy: timestamps as ISO
+    text, epoch seconds and epoch milliseconds by turns, a tab in every 500th session id, and
+    'not a date' as created_at of every 1999th row (rows no conversion can save)."""
+    if messy:
+        stamp = ("CASE i % 3 WHEN 0 THEN strftime('%Y-%m-%dT%H:%M:%fZ', 1700000000 + i * 7.001, 'unixepoch')"
+                 " WHEN 1 THEN 1700000000 + i ELSE (1700000000 + i) * 1000 END")
+        session = "'sess-' || i || CASE WHEN i % 500 = 0 THEN char(9) || 'tab' ELSE '' END"
+        created = "CASE WHEN i % 1999 = 0 THEN 'not a date' ELSE datetime(1700000000 + i, 'unixepoch') END"
+    else:
+        stamp = "strftime('%Y-%m-%dT%H:%M:%fZ', 1700000000 + i * 7.001, 'unixepoch')"
+        session, created = "'sess-' || i", "datetime(1700000000 + i, 'unixepoch')"
     src = make_source(path)
     conn = sqlite3.connect(src)
     conn.execute(
         "INSERT INTO usage_data (id, user_id, timestamp, tokens_used, cost_usd, session_id, endpoint, created_at)"
         " WITH RECURSIVE n(i) AS (SELECT 100 UNION ALL SELECT i + 1 FROM n WHERE i < 99 + ?)"
-        " SELECT i, 1 + i % 3, CASE i % 3 WHEN 0 THEN strftime('%Y-%m-%dT%H:%M:%fZ', 1700000000 + i * 7.001, 'unixepoch')"
-        " WHEN 1 THEN 1700000000 + i ELSE (1700000000 + i) * 1000 END, i * 3, (i % 997) / 100.0,"
-        " 'sess-' || i || CASE WHEN i % 500 = 0 THEN char(9) || 'tab' ELSE '' END, '/v1/messages',"
-        " CASE WHEN i % 1999 = 0 THEN 'not a date' ELSE datetime(1700000000 + i, 'unixepoch') END FROM n",
+        f" SELECT i, 1 + i % 3, {stamp}, i * 3, (i % 997) / 100.0, {session}, '/v1/messages', {created} FROM n",
         (rows,),
     )
     conn.commit()
     conn.close()
     return src
+
+
+def bulky_source(path, rows=6000):
+    return generated_source(path, rows, messy=True)
 
 
 def test_worker_processes_load_the_same_rows_in_the_same_order(pg_template, pg_server, tmp_path, monkeypatch):

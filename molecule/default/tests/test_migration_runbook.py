@@ -17,38 +17,10 @@ RUNBOOK = str(PROJECT_DIR / "playbooks" / "migrate.yml")
 GOOD = "/var/lib/postgresql/legacy.db"
 BAD = "/var/lib/postgresql/legacy_bad.db"
 
-# The guide's tables as a legacy SQLite daemon had them, with what SQLite lets
-# such a file hold: epoch seconds and milliseconds next to ISO text, 'true'
-# and 0/1 booleans, JSON as text.
-MAKE_LEGACY = r'''
-import sqlite3, sys
-db = sqlite3.connect(sys.argv[1])
-db.executescript("""
-CREATE TABLE users (id INTEGER PRIMARY KEY, username TEXT NOT NULL, email TEXT, created_at TEXT);
-CREATE TABLE usage_data (id INTEGER PRIMARY KEY, user_id INTEGER, timestamp TEXT NOT NULL, tokens_used INTEGER,
-  requests_count INTEGER, avg_response_time INTEGER, active_users INTEGER, error_count INTEGER, cost_usd REAL,
-  session_id TEXT, endpoint TEXT, created_at TEXT);
-CREATE TABLE alerts (id TEXT PRIMARY KEY, user_id INTEGER, level TEXT NOT NULL, title TEXT NOT NULL, message TEXT,
-  timestamp TEXT NOT NULL, acknowledged INTEGER, metadata TEXT, created_at TEXT);
-CREATE TABLE predictions (id INTEGER PRIMARY KEY, user_id INTEGER, date TEXT NOT NULL, predicted_tokens INTEGER,
-  predicted_cost REAL, confidence REAL, model_version TEXT, created_at TEXT);
-""")
-db.execute("INSERT INTO users VALUES (1, 'ada', 'ada@example.org', '2026-01-01 09:00:00')")
-for i in range(1, 301):
-    ts = ["2026-03-01T10:%02d:00" % (i % 60), 1772359200 + i * 60, 1772359200000 + i * 60000][i % 3]
-    db.execute("INSERT INTO usage_data VALUES (?, 1, ?, ?, ?, 120, 1, 0, ?, 's1', '/api/usage', ?)",
-               (i, ts, i * 10, i, round(i * 0.0125, 4), ts))
-for i in range(1, 21):
-    db.execute("INSERT INTO alerts VALUES (?, 1, ?, ?, 'msg', ?, ?, ?, ?)",
-               ("a-%d" % i, ["info", "warning", "error", "success"][i % 4], "alert %d" % i,
-                "2026-03-02 08:00:%02d" % i, [0, 1, "true", "false"][i % 4], '{"n": %d}' % i, "2026-03-02 08:00:%02d" % i))
-db.execute("INSERT INTO predictions VALUES (1, 1, '2026-03-10', 5000, 1.25, 0.9, 'v1', '2026-03-03 00:00:00')")
-if len(sys.argv) > 2:  # the bad file: rows no conversion can save
-    db.execute("INSERT INTO usage_data VALUES (9001, 1, '2026-03-01 10:00:00', '12abc', 1, 1, 1, 0, 0, 's', '/x', NULL)")
-    db.execute("INSERT INTO alerts VALUES ('bad-json', 1, 'info', 't', 'm', '2026-03-02 08:00:00', 0, '{not json', NULL)")
-    db.execute("INSERT INTO alerts VALUES ('bad-date', 1, 'info', 't', 'm', 'the day after tomorrow', 0, NULL, NULL)")
-db.commit()
-'''
+# The legacy file: tests/fixtures/make_legacy_sqlite.py (shared with the stack scenario), run with
+# the host's python3. It mixes epoch seconds and milliseconds with ISO text, 'true' and 0/1
+# booleans, JSON as text; "--bad" adds rows no conversion can save.
+MAKE_LEGACY = (PROJECT_DIR / "tests" / "fixtures" / "make_legacy_sqlite.py").read_text()
 
 
 def count(host, table, db):
@@ -72,7 +44,7 @@ def runbook(hosts_by_name):
             )
         h.check_output("rm -f /var/lib/postgresql/legacy*")
         h.check_output("runuser -u postgres -- python3 -c %s %s", MAKE_LEGACY, GOOD)
-        h.check_output("runuser -u postgres -- python3 -c %s %s bad", MAKE_LEGACY, BAD)
+        h.check_output("runuser -u postgres -- python3 -c %s %s --bad", MAKE_LEGACY, BAD)
     args = ("-e", "migrate_hosts=database", "-e", "migrate_db=claude_migrate", "-e", f"migrate_source={GOOD}")
     steps = {"first": run_playbook(*args, playbook=RUNBOOK), "again": run_playbook(*args, playbook=RUNBOOK)}
     steps["counts_after_again"] = {

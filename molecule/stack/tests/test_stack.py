@@ -86,22 +86,22 @@ def test_health_is_200_and_names_postgresql_and_redis(host):
 def test_legacy_sqlite_file_was_migrated_before_the_daemon_served(host):
     """daemon_migrate_on_start: prepare.yml left a legacy file on stack-app1; converge
     migrated and verified it into the empty database before the daemon started."""
-    assert psql("SELECT count(*) FROM usage_data WHERE session_id = 'legacy'") == "500"
-    assert psql("SELECT count(*) FROM alerts WHERE id LIKE 'legacy-alert-%'") == "25"
+    assert psql("SELECT count(*) FROM usage_data WHERE session_id = 'legacy-s1'") == "500"
+    assert psql("SELECT count(*) FROM alerts WHERE id LIKE 'legacy-a-%'") == "25"
     assert psql("SELECT username FROM users WHERE id = 1") == "legacy-ada"
     assert psql("SELECT model_version FROM predictions WHERE id = 1") == "v1"
     # Normalised by the target type: epoch milliseconds, epoch seconds, 'true'.
-    assert psql("SELECT timestamp || '|' || acknowledged FROM alerts WHERE id = 'legacy-alert-1'") == "2026-03-02 10:00:01|true"
-    assert psql("SELECT acknowledged FROM alerts WHERE id = 'legacy-alert-2'") == "t"
+    assert psql("SELECT timestamp || '|' || acknowledged FROM alerts WHERE id = 'legacy-a-1'") == "2026-03-02 10:00:01|true"
+    assert psql("SELECT acknowledged FROM alerts WHERE id = 'legacy-a-2'") == "t"
     assert psql("SELECT timestamp FROM usage_data WHERE id = 3") == "2026-03-01 10:03:00"
     # The sequence was moved past the migrated ids: the usage monitor's own rows came after them.
-    newer = psql("SELECT count(*) || '|' || coalesce(min(id), 0) FROM usage_data WHERE session_id IS DISTINCT FROM 'legacy'")
+    newer = psql("SELECT count(*) || '|' || coalesce(min(id), 0) FROM usage_data WHERE session_id IS DISTINCT FROM 'legacy-s1'")
     count, lowest = map(int, newer.split("|"))
     deadline = time.time() + 30
     while count == 0 and time.time() < deadline:  # USAGE_INTERVAL is 5 s
         time.sleep(2)
         count, lowest = map(int, psql(
-            "SELECT count(*) || '|' || coalesce(min(id), 0) FROM usage_data WHERE session_id IS DISTINCT FROM 'legacy'"
+            "SELECT count(*) || '|' || coalesce(min(id), 0) FROM usage_data WHERE session_id IS DISTINCT FROM 'legacy-s1'"
         ).split("|"))
     assert count >= 1 and lowest > 500
     # The file was renamed (the daemon's new fallback file holds none of the old rows); the
