@@ -269,11 +269,8 @@ def _tasks_worker(send, path, tasks, keep_rejects, close_fds):
             if low is None:
                 side = sqlite_digest(sconn, plan, keep_rejects=keep_rejects)
             else:
-                rid = plan.rowid_sql
-                # the last range has no upper bound: high + 1 may be 2**63, which SQLite cannot bind
-                where, params = (f"{rid} >= ? AND {rid} < ?", (low, high)) if high is not None else (f"{rid} >= ?", (low,))
                 side = SideDigest()
-                for rows in plan.reader(sconn, where, params).batches():
+                for rows in plan.reader(sconn, *plan.rowid_range(low, high)).batches():
                     side.add(plan, rows, keep_rejects)
             out.append((index, side.__dict__))
         send.send(("ok", out))
@@ -292,18 +289,12 @@ def plan_tasks(sconn, plans, workers):
     range order, so merging by index keeps the ranges in order."""
     tasks = []  # (rows, plan position, low, high)
     for position, plan in enumerate(plans):
-        table = quote_sqlite(plan.sqlite_table)
-        if plan.rowid:
-            rid = plan.rowid_sql
-            low, high, count = sconn.execute(f"SELECT min({rid}), max({rid}), count(*) FROM {table}").fetchone()
-        else:
-            low = high = None
-            count = sconn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        low, high, count = plan.extent(sconn)
         if low is not None and count >= PARALLEL_MIN_ROWS and workers > 1:
             step = (high + 1 - low) / workers
             bounds = [low + int(step * n) for n in range(workers)] + [high + 1]
             parts = [(bounds[n], bounds[n + 1]) for n in range(workers) if bounds[n] < bounds[n + 1]]
-            parts[-1] = (parts[-1][0], None)
+            parts[-1] = (parts[-1][0], None)  # open-ended: see TablePlan.rowid_range
             tasks += [(count / workers, position, lo, hi) for lo, hi in parts]
         else:
             tasks.append((count, position, None, None))

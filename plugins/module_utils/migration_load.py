@@ -32,7 +32,7 @@ import time
 from ansible.module_utils.claude_pg import psycopg2, sql
 from ansible.module_utils.migration_digest import close_inherited
 from ansible.module_utils.migration_normalise import copy_unescape, normalise_batch, show_value
-from ansible.module_utils.migration_source import BATCH_ROWS, open_readonly, quote_sqlite
+from ansible.module_utils.migration_source import BATCH_ROWS, open_readonly
 
 SEGMENT_ROWS = 25_000
 SEGMENT_BYTES = 4 << 20
@@ -212,17 +212,8 @@ def cpu_workers(requested=0):
     return max(1, min(4, available))
 
 
-def table_extent(sconn, plan):
-    """(lowest rowid, highest rowid, rows) of the SQLite table; rowids are None without a rowid."""
-    table = quote_sqlite(plan.sqlite_table)
-    if not plan.rowid:
-        return None, None, sconn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-    rid = plan.rowid_sql
-    return tuple(sconn.execute(f"SELECT min({rid}), max({rid}), count(*) FROM {table}").fetchone())
-
-
 def chunk_ranges(extent, batch_rows=None):
-    """[low, high) rowid ranges of about batch_rows rows each, in rowid order, or None
+    """[low, high) rowid ranges of about batch_rows rows each (extent: TablePlan.extent), in rowid order, or None
     when the table is too small to be worth forking for (or has no rowid)."""
     low, high, count = extent
     if low is None or count < PARALLEL_MIN_ROWS:
@@ -230,17 +221,8 @@ def chunk_ranges(extent, batch_rows=None):
     batch_rows = batch_rows or BATCH_ROWS
     step = max(1, int((high - low + 1) * batch_rows / count))
     ranges = [(start, start + step) for start in range(low, high + 1, step)]
-    # The last range is open-ended: high + 1 may be 2**63, which SQLite cannot bind.
-    ranges[-1] = (ranges[-1][0], None)
+    ranges[-1] = (ranges[-1][0], None)  # open-ended: see TablePlan.rowid_range
     return ranges
-
-
-def rowid_range_sql(plan, low, high):
-    """(condition, params) selecting rowids from low up to, not including, high (None: no upper bound)."""
-    rid = plan.rowid_sql
-    if high is None:
-        return f"{rid} >= ?", (low,)
-    return f"{rid} >= ? AND {rid} < ?", (low, high)
 
 
 def _chunk_worker(send, path, plan, ranges, want_lines, want_keys, batch_rows, close_fds):
@@ -252,7 +234,7 @@ def _chunk_worker(send, path, plan, ranges, want_lines, want_keys, batch_rows, c
         sconn = open_readonly(path, immutable=True)
         gc.disable()
         for low, high in ranges:
-            where, params = rowid_range_sql(plan, low, high)
+            where, params = plan.rowid_range(low, high)
             for i in produce(plan, sconn, want_lines, want_keys, batch_rows, where, params):
                 send.send(("item", (i.data, i.lines, i.n, i.keys, i.rowids, i.read, i.rejects)))
             send.send(("range", None))

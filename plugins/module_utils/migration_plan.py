@@ -226,6 +226,22 @@ class TablePlan:
         """How SQL names the SQLite rowid of this table (None without one)."""
         return quote_sqlite(self.rowid_column) if self.rowid_column else self.rowid
 
+    def extent(self, sconn):
+        """(lowest rowid, highest rowid, rows) of the SQLite table; the rowids are None without a rowid."""
+        table = quote_sqlite(self.sqlite_table)
+        if not self.rowid:
+            return None, None, sconn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        rid = self.rowid_sql
+        return tuple(sconn.execute(f"SELECT min({rid}), max({rid}), count(*) FROM {table}").fetchone())
+
+    def rowid_range(self, low, high):
+        """(condition, params) for reader(): rowids from low up to, not including, high. high None
+        means no upper bound (the last range: max + 1 may be 2**63, which SQLite cannot bind)."""
+        rid = self.rowid_sql
+        if high is None:
+            return f"{rid} >= ?", (low,)
+        return f"{rid} >= ? AND {rid} < ?", (low, high)
+
     def reader(self, sconn, where="", params=(), **kwargs):
         """A TableReader over the plan's source columns (then the rowid, unless it is one of them)."""
         return TableReader(sconn, self.sqlite_table, self.source_columns, self.rowid, where, params,

@@ -338,7 +338,6 @@ from ansible.module_utils.migration_load import (
     now_utc,
     produce,
     rebuild_indexes,
-    table_extent,
 )
 from ansible.module_utils.migration_plan import PlanError, build_plans, configure_session
 from ansible.module_utils.migration_source import BackgroundHash, SourceError, backup, backup_name, open_readonly
@@ -513,7 +512,7 @@ def migrate(params, conn, check_mode=False, warn=None):
             entry = entries[plan.label]
             loader = TableLoader(cur, plan, rejects, mode, dry_run=check_mode)
             append = mode == "append"
-            extent = table_extent(sconn, plan)
+            extent = plan.extent(sconn)
             ranges = chunk_ranges(extent) if workers > 1 else None
             dropped = []
             if (params["rebuild_indexes"] == "auto" and not check_mode and mode in ("empty", "replace")
