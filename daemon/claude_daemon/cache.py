@@ -33,7 +33,8 @@ HIT, MISS, BYPASS = "HIT", "MISS", "BYPASS"
 
 
 class Cache:
-    def __init__(self, url, ttl, prefix="claude:", client=None, clock=time.monotonic):
+    def __init__(self, url, ttl, prefix="claude:", client=None, clock=time.monotonic, password=None):
+        """password: for the URL's user when the URL carries none (REDIS_PASSWORD_FILE)."""
         self.ttl = ttl
         self.prefix = prefix
         self._clock = clock
@@ -45,8 +46,11 @@ class Cache:
         self.client = client
         if client is None and url:
             # No retries inside redis-py: one slow answer is enough to bypass.
+            # A password in the URL would override the keyword (config.py
+            # refuses to have both); the user is the URL's either way.
             self.client = redis.Redis.from_url(
                 url,
+                password=password,
                 socket_timeout=SOCKET_TIMEOUT,
                 socket_connect_timeout=SOCKET_TIMEOUT,
                 retry_on_timeout=False,

@@ -3,8 +3,10 @@
 The guide's variables (DB_TYPE, DB_HOST, DB_PORT, DB_NAME, DB_USER,
 DB_PASSWORD / DB_PASSWORD_FILE, DATABASE_PATH, REDIS_URL, NODE_ENV,
 BMAD_EXECUTION_ENABLED, AUTO_PROJECT_GENERATION) plus the kit's optional
-extras. Every value is checked once, at start; a bad one raises ConfigError
-whose message starts with the variable's name, and the daemon exits.
+extras, among them REDIS_PASSWORD_FILE (Redis's password read from a file, so
+that no secret need be in the container's environment). Every value is
+checked once, at start; a bad one raises ConfigError whose message starts
+with the variable's name, and the daemon exits.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class Config:
     db_password: str = dataclasses.field(default="", repr=False)
     database_path: str = "/data/claude-daemon.db"
     redis_url: str = dataclasses.field(default="", repr=False)
+    # From REDIS_PASSWORD_FILE (REDIS_URL then carries none); None = as the URL says.
+    redis_password: str | None = dataclasses.field(default=None, repr=False)
     node_env: str = "development"
     bmad_execution_enabled: bool = False
     auto_project_generation: bool = False
@@ -64,6 +68,8 @@ class Config:
             parts.append(f"pool_max={self.db_pool_max}")
         parts.append(f"sqlite={self.database_path}")
         parts.append(f"redis={self.redis_url_redacted or 'disabled'}")
+        if self.redis_url and self.redis_password is not None:
+            parts.append("redis_password=REDIS_PASSWORD_FILE")
         parts.append(f"port={self.port} node_env={self.node_env}")
         return " ".join(parts)
 
@@ -130,17 +136,24 @@ def _bool(env, name, default=False):
     raise ConfigError(f"{name}: expected true/false (also 1/0, yes/no, on/off), got {raw!r}")
 
 
+def _read_secret(name, path):
+    """The content of the file named by variable `name`, less one trailing newline (LF or CRLF)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            value = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from None
+    except ValueError:  # UnicodeDecodeError; its message would quote the file's bytes
+        raise ConfigError(f"{name}: {path} is not UTF-8 text") from None
+    if value.endswith("\r\n"):
+        return value[:-2]
+    return value[:-1] if value.endswith("\n") else value
+
+
 def _password(env):
     path = env.get("DB_PASSWORD_FILE")
     if path:  # the file wins over DB_PASSWORD (Docker secrets)
-        try:
-            with open(path, encoding="utf-8") as fh:
-                value = fh.read()
-        except OSError as exc:
-            raise ConfigError(f"DB_PASSWORD_FILE: cannot read {path}: {exc.strerror}") from None
-        if value.endswith("\r\n"):
-            return value[:-2]
-        return value[:-1] if value.endswith("\n") else value
+        return _read_secret("DB_PASSWORD_FILE", path)
     return env.get("DB_PASSWORD", "")
 
 
@@ -162,6 +175,28 @@ def _redis_url(env):
     return url
 
 
+def _redis_password(env, url):
+    """REDIS_PASSWORD_FILE's content, or None when the variable is unset or empty.
+
+    The password is for the user named in REDIS_URL (Redis's `default` user if
+    it names none), so the URL must not carry a password of its own: two
+    sources of one secret are refused rather than one silently preferred.
+    """
+    path = env.get("REDIS_PASSWORD_FILE")
+    if not path:
+        return None
+    if not url:
+        raise ConfigError("REDIS_PASSWORD_FILE: is set but REDIS_URL is empty; "
+                          "set REDIS_URL (redis://user@host:6379/0) or unset REDIS_PASSWORD_FILE")
+    if urllib.parse.urlsplit(url).password is not None:
+        raise ConfigError(f"REDIS_PASSWORD_FILE: REDIS_URL must not also carry a password when "
+                          f"REDIS_PASSWORD_FILE is set; use redis://user@host:port/db, got {redact_url(url)}")
+    password = _read_secret("REDIS_PASSWORD_FILE", path)
+    if password == "":
+        raise ConfigError(f"REDIS_PASSWORD_FILE: {path} is empty")
+    return password
+
+
 def load(env):
     """Build a Config from a mapping such as os.environ; raise ConfigError on a bad value."""
     db_type = _text(env, "DB_TYPE", "postgresql").strip().lower()
@@ -181,6 +216,7 @@ def load(env):
         sslmode = "verify-full"
 
     database_path = _text(env, "DATABASE_PATH", "/data/claude-daemon.db")
+    redis_url = _redis_url(env)
     return Config(
         db_type=db_type,
         db_host=_text(env, "DB_HOST", "localhost"),
@@ -189,7 +225,8 @@ def load(env):
         db_user=_text(env, "DB_USER", "claude_app"),
         db_password=_password(env),
         database_path=database_path,
-        redis_url=_redis_url(env),
+        redis_url=redis_url,
+        redis_password=_redis_password(env, redis_url),
         node_env=node_env,
         bmad_execution_enabled=_bool(env, "BMAD_EXECUTION_ENABLED"),
         auto_project_generation=_bool(env, "AUTO_PROJECT_GENERATION"),

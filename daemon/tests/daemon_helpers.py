@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[3]
+ROOT = pathlib.Path(__file__).resolve().parents[2]  # the kit: files/schema.sql, tests/pgserver.py
 DAEMON_DIR = ROOT / "daemon"
 if str(DAEMON_DIR) not in sys.path:
     sys.path.insert(0, str(DAEMON_DIR))
@@ -73,6 +73,11 @@ class RedisServer:
     @property
     def url(self):
         return f"redis://{REDIS_USER}:{REDIS_PASSWORD}@127.0.0.1:{self.port}/0"
+
+    @property
+    def url_without_password(self):
+        """For REDIS_PASSWORD_FILE, which then holds REDIS_PASSWORD."""
+        return f"redis://{REDIS_USER}@127.0.0.1:{self.port}/0"
 
     def freeze(self):
         os.kill(self.proc.pid, signal.SIGSTOP)

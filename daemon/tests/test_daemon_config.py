@@ -71,6 +71,70 @@ def test_unreadable_password_file_names_the_variable(tmp_path):
     assert str(err.value).startswith("DB_PASSWORD_FILE:")
 
 
+def test_redis_password_file_is_the_password_of_the_urls_user(tmp_path):
+    secret = tmp_path / "redis_pw"
+    secret.write_text("  r3dis with spaces \n")
+    cfg = config.load({"REDIS_URL": "redis://claude_app@10.0.0.5:6379/0", "REDIS_PASSWORD_FILE": str(secret)})
+    assert cfg.redis_password == "  r3dis with spaces "
+    assert cfg.redis_url == "redis://claude_app@10.0.0.5:6379/0"  # as given; the password is not put in it
+    secret.write_text("crlf\r\n")
+    assert config.load({"REDIS_URL": "redis://u@r:6379/0", "REDIS_PASSWORD_FILE": str(secret)}).redis_password == "crlf"
+    secret.write_text("no-newline")
+    assert config.load({"REDIS_URL": "redis://r:6379", "REDIS_PASSWORD_FILE": str(secret)}).redis_password == (
+        "no-newline")  # no user in the URL: Redis's default user
+    # Unset or empty: the URL alone decides, as before.
+    assert config.load({"REDIS_URL": "redis://u:pw@r:6379/0"}).redis_password is None
+    assert config.load({"REDIS_URL": "redis://u:pw@r:6379/0", "REDIS_PASSWORD_FILE": ""}).redis_password is None
+    assert config.load({}).redis_password is None
+
+
+@pytest.mark.parametrize("url", ["redis://claude:url-secret-77@r:6379/0", "redis://:url-secret-77@r:6379/0",
+                                 "redis://claude:@r:6379/0"])
+def test_redis_password_file_with_a_password_in_the_url_is_refused(tmp_path, url):
+    secret = tmp_path / "redis_pw"
+    secret.write_text("file-secret-88\n")
+    with pytest.raises(ConfigError) as err:
+        config.load({"REDIS_URL": url, "REDIS_PASSWORD_FILE": str(secret)})
+    message = str(err.value)
+    assert message.startswith("REDIS_PASSWORD_FILE: REDIS_URL must not also carry a password")
+    assert "redis://user@host:port/db" in message and "***@r:6379/0" in message  # the URL, redacted
+    assert "url-secret-77" not in message and "file-secret-88" not in message
+
+
+def test_redis_password_file_needs_a_redis_url(tmp_path):
+    secret = tmp_path / "redis_pw"
+    secret.write_text("file-secret-88\n")
+    with pytest.raises(ConfigError) as err:
+        config.load({"REDIS_PASSWORD_FILE": str(secret)})
+    assert str(err.value).startswith("REDIS_PASSWORD_FILE: is set but REDIS_URL is empty")
+    assert "file-secret-88" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["REDIS_PASSWORD_FILE", "DB_PASSWORD_FILE"])
+def test_unreadable_secret_files_name_the_variable(tmp_path, name):
+    env = {"REDIS_URL": "redis://claude@r:6379/0"}
+    with pytest.raises(ConfigError) as err:
+        config.load({**env, name: str(tmp_path / "missing")})
+    assert str(err.value) == f"{name}: cannot read {tmp_path / 'missing'}: No such file or directory"
+    with pytest.raises(ConfigError) as err:
+        config.load({**env, name: str(tmp_path)})  # a directory
+    assert str(err.value).startswith(f"{name}: cannot read {tmp_path}:")
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"secret-\xff\xfe-bytes")
+    with pytest.raises(ConfigError) as err:
+        config.load({**env, name: str(binary)})
+    assert str(err.value) == f"{name}: {binary} is not UTF-8 text"  # no byte of the content
+
+
+def test_an_empty_redis_password_file_is_refused(tmp_path):
+    for content in ("", "\n"):
+        secret = tmp_path / "redis_pw"
+        secret.write_text(content)
+        with pytest.raises(ConfigError) as err:
+            config.load({"REDIS_URL": "redis://claude@r:6379/0", "REDIS_PASSWORD_FILE": str(secret)})
+        assert str(err.value) == f"REDIS_PASSWORD_FILE: {secret} is empty"
+
+
 def test_production_with_a_ca_verifies_the_server():
     env = {"NODE_ENV": "production", "DB_SSLROOTCERT": "/etc/ssl/ca.pem"}
     assert config.load(env).db_sslmode == "verify-full"
@@ -102,3 +166,9 @@ def test_secrets_never_appear_in_repr_or_summary(tmp_path):
         assert "pg-pass-123" not in text and "redis-pass-456" not in text
     assert "redis://claude:***@cache:6379/0" in cfg.summary()
     assert config.redact_url("redis://cache:6379") == "redis://cache:6379"
+    secret = tmp_path / "redis_pw"
+    secret.write_text("redis-file-789\n")
+    cfg = config.load({"REDIS_URL": "redis://claude@cache:6379/0", "REDIS_PASSWORD_FILE": str(secret)})
+    for text in (repr(cfg), cfg.summary(), str(cfg)):
+        assert "redis-file-789" not in text
+    assert "redis=redis://claude@cache:6379/0 redis_password=REDIS_PASSWORD_FILE" in cfg.summary()

@@ -1,13 +1,22 @@
-"""Fixtures for the daemon's tests: a least-privilege PostgreSQL database on the
-session's throwaway cluster, a real Redis with the kit's ACL, and the daemon
+"""Fixtures for the daemon's tests: a throwaway PostgreSQL cluster with a
+least-privilege database on it, a real Redis with the kit's ACL, and the daemon
 started in-process or as a subprocess. Helpers live in daemon_helpers.py.
+
+Self-contained: nothing comes from tests/unit/conftest.py. The cluster is
+made by the kit's tests/pgserver.py (the plugins' tests use it too), imported
+by its path. Every test that needs a real server (one of SERVER_FIXTURES,
+directly or through another fixture) is marked `server`, so that
+`pytest -m 'not server' daemon/tests` runs the rest without starting any.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import pathlib
 import signal
 import subprocess
+import sys
 import time
 import uuid
 
@@ -15,6 +24,41 @@ import pytest
 
 from .daemon_helpers import (APP, APP_PASSWORD, OWNER, REDIS_ADMIN_PASSWORD, REDIS_PASSWORD, REDIS_USER, ROOT,
                             DaemonProcess, PgDb, RedisServer, free_port)
+
+HERE = pathlib.Path(__file__).resolve().parent
+SERVER_FIXTURES = frozenset({"pg_server", "redis_server"})
+
+
+def pytest_configure(config):
+    # Registered in the kit's pytest.ini too; here for a run that does not read it.
+    if "server" not in [line.split(":")[0].strip() for line in config.getini("markers")]:
+        config.addinivalue_line("markers", "server: needs a real PostgreSQL or Redis server")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if HERE in item.path.parents and SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
+
+
+def _pgserver_module():
+    """tests/pgserver.py, loaded by path (there is one implementation, shared with tests/unit)."""
+    name = "kit_tests_pgserver"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / "pgserver.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real, throwaway PostgreSQL cluster for the session (tests/pgserver.py)."""
+    server = _pgserver_module().PgServer().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -88,6 +88,24 @@ def test_wrong_password_is_down(redis_server):
     assert cache.status() == "down"
 
 
+def test_password_given_apart_from_the_url(redis_clean):
+    """REDIS_PASSWORD_FILE's way: the URL names the user, the password comes separately."""
+    cache = Cache(redis_clean.url_without_password, ttl=30, password=REDIS_PASSWORD)
+    assert cache.status() == "ok"
+    assert cache.get_or_load("alerts", ["q"], lambda: 1) == (1, "MISS")
+    assert cache.get_or_load("alerts", ["q"], lambda: 2) == (1, "HIT")
+    # No URL encoding is needed for a password given this way.
+    password = "p@ss:w/rd%?# "
+    redis_clean.admin.execute_command("ACL", "SETUSER", "plain", "reset", "on", f">{password}", "~claude:*",
+                                      "-@all", "+ping", "+get", "+set", "+incr")
+    other = Cache(f"redis://plain@127.0.0.1:{redis_clean.port}/0", ttl=30, password=password)
+    assert other.get_or_load("alerts", ["q"], lambda: 3) == (1, "HIT")
+    wrong = Cache(redis_clean.url_without_password, ttl=30, password="wrong")
+    assert wrong.get_or_load("alerts", ["q"], lambda: 4) == (4, "BYPASS") and wrong.status() == "down"
+    unauthenticated = Cache(redis_clean.url_without_password, ttl=30)  # the user, but no password at all
+    assert unauthenticated.get_or_load("alerts", ["q"], lambda: 5) == (5, "BYPASS")
+
+
 def test_disabled_without_redis_url():
     cache = Cache("", ttl=30)
     assert cache.status() == "disabled"

@@ -24,6 +24,47 @@ def test_a_bad_value_stops_the_start_with_the_variables_name():
     assert done.returncode == 2 and "DB_TYPE:" in done.stderr
 
 
+def test_a_redis_password_in_both_places_stops_the_start_without_showing_either(tmp_path):
+    secret_file = tmp_path / "redis_password"
+    secret_file.write_text("from-the-file-123\n")
+    done = run_with({"DB_TYPE": "sqlite", "DATABASE_PATH": str(tmp_path / "f.db"), "PORT": str(free_port()),
+                     "REDIS_URL": "redis://claude:from-the-url-456@127.0.0.1:6379/0",
+                     "REDIS_PASSWORD_FILE": str(secret_file)})
+    assert done.returncode == 2
+    assert "invalid configuration: REDIS_PASSWORD_FILE: REDIS_URL must not also carry a password" in done.stderr
+    for text in (done.stdout, done.stderr):
+        assert "from-the-file-123" not in text and "from-the-url-456" not in text
+    done = run_with({"DB_TYPE": "sqlite", "DATABASE_PATH": str(tmp_path / "f.db"), "PORT": str(free_port()),
+                     "REDIS_URL": "redis://claude@127.0.0.1:6379/0",
+                     "REDIS_PASSWORD_FILE": str(tmp_path / "absent")})
+    assert done.returncode == 2 and f"REDIS_PASSWORD_FILE: cannot read {tmp_path / 'absent'}" in done.stderr
+
+
+def test_redis_password_from_a_file_only_caches_and_leaks_nowhere(pg, redis_clean, tmp_path, daemon_process):
+    """No secret in the daemon's environment (what `docker inspect` would show): both
+    passwords come from files, REDIS_URL names only the user; the cache works under the ACL."""
+    db_file, redis_file = tmp_path / "db_password", tmp_path / "redis_password"
+    db_file.write_text(APP_PASSWORD + "\n")
+    redis_file.write_text(REDIS_PASSWORD + "\n")
+    env = pg.env(PORT=free_port(), DATABASE_PATH=tmp_path / "f.db", USAGE_INTERVAL=3600,
+                 REDIS_URL=redis_clean.url_without_password, REDIS_PASSWORD_FILE=redis_file,
+                 DB_PASSWORD_FILE=db_file)
+    del env["DB_PASSWORD"]
+    assert not any(secret in value for value in env.values() for secret in (APP_PASSWORD, REDIS_PASSWORD))
+    daemon = daemon_process(env)
+    daemon.wait_healthy(database="postgresql")
+    health = daemon.health()
+    assert health.json["redis"] == "ok" and REDIS_PASSWORD.encode() not in health.body
+    first = request(daemon.port, "GET", "/api/alerts")
+    assert first.status == 200 and first.cache == "MISS"
+    assert request(daemon.port, "GET", "/api/alerts").cache == "HIT"
+    assert any(k.startswith(b"claude:q:alerts:") for k in redis_clean.admin.keys("*"))  # really in this Redis
+    assert daemon.stop(signal.SIGTERM) == 0
+    log = daemon.log()
+    assert REDIS_PASSWORD not in log and APP_PASSWORD not in log and "Traceback" not in log
+    assert f"redis={redis_clean.url_without_password} redis_password=REDIS_PASSWORD_FILE" in log
+
+
 def test_serves_logs_one_line_per_event_without_secrets_and_stops_cleanly(pg, redis_clean, tmp_path,
                                                                          daemon_process):
     secret_file = tmp_path / "db_password"
