@@ -1,19 +1,44 @@
 """Make the kit's plugins importable the way Ansible loads them.
 
-Modules import their helpers as `ansible.module_utils.claude_pg` (ansible.cfg's
-module_utils path); here the same directory is added to that package's path.
+The modules import their helpers by the collection's path
+(`ansible_collections.claude_kit.stack.plugins.module_utils.claude_pg`). Under
+`ansible-test units` the collection is already on that path; under plain pytest
+a link `ansible_collections/claude_kit/stack` -> the checkout is made in a
+temporary directory, which is put on sys.path.
 """
 
+import atexit
 import importlib.util
+import os
 import pathlib
+import shutil
 import sys
+import tempfile
 
 import pytest
 
-import ansible.module_utils
-
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-ansible.module_utils.__path__.append(str(ROOT / "plugins" / "module_utils"))
+
+
+def _collection_on_path():
+    try:
+        importlib.import_module("ansible_collections.claude_kit.stack.plugins.module_utils.claude_pg")
+        return
+    except ImportError:
+        pass
+    top = tempfile.mkdtemp(prefix="kit-collection-")
+    atexit.register(shutil.rmtree, top, True)
+    parent = pathlib.Path(top, "ansible_collections", "claude_kit")
+    parent.mkdir(parents=True)
+    os.symlink(ROOT, parent / "stack")
+    sys.path.insert(0, top)
+    # ansible_collections is a namespace package; forget a cached lookup of it.
+    for name in [n for n in sys.modules if n == "ansible_collections" or n.startswith("ansible_collections.claude_kit")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
+
+
+_collection_on_path()
 
 
 def load(relpath, name):
@@ -36,3 +61,16 @@ def pg_server():
     server = PgServer().start()
     yield server
     server.stop()
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config, items):
+    """Mark `server` (pytest.ini) every test here that needs the real PostgreSQL: those
+    using pg_server, directly or through another fixture (such as pg_db)."""
+    if "server" not in [line.split(":")[0].strip() for line in config.getini("markers")]:
+        # Run with another ini (ansible-test units): register it here, so it is no unknown mark.
+        config.addinivalue_line("markers", "server: needs a real PostgreSQL or Redis server")
+    here = pathlib.Path(__file__).resolve().parent
+    for item in items:
+        if here in item.path.parents and "pg_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.server)

@@ -21,7 +21,7 @@ GOOD = {"postgresql_app_password": "x" * 24}
 def run_role(tmp_path, extra_vars):
     playbook = tmp_path / "play.yml"
     playbook.write_text(
-        "- hosts: localhost\n  connection: local\n  gather_facts: true\n  roles:\n    - role: postgresql\n"
+        "- hosts: localhost\n  connection: local\n  gather_facts: true\n  roles:\n    - role: claude_kit.stack.postgresql\n"
     )
     proc = subprocess.run(
         [
@@ -80,5 +80,5 @@ def test_good_input_passes_validation(tmp_path):
     # the controller it then stops at check mode's end_host or at apt, which is fine.
     rc, out, _recap = run_role(tmp_path, GOOD)
     assert "Validating arguments against arg spec" in out
-    assert "TASK [postgresql : Check the application password]" in out
+    assert "TASK [claude_kit.stack.postgresql : Check the application password]" in out
     assert "x" * 24 not in out

@@ -102,7 +102,7 @@ def test_a_row_altered_afterwards_is_caught_by_key(host, runbook):
     name = host.backend.get_hostname()
     psql(host, "UPDATE alerts SET title = 'tampered' WHERE id = 'a-7'", "claude_migrate")
     try:
-        res = run_module(name, "migration_verify", {"src": GOOD, "db": "claude_migrate"})[name]
+        res = run_module(name, "claude_kit.stack.migration_verify", {"src": GOOD, "db": "claude_migrate"})[name]
     finally:
         psql(host, "UPDATE alerts SET title = 'alert 7' WHERE id = 'a-7'", "claude_migrate")
     assert res.get("failed") is True
@@ -110,7 +110,7 @@ def test_a_row_altered_afterwards_is_caught_by_key(host, runbook):
     alerts = next(t for t in res["tables"] if t["table"] == "alerts")
     assert "a-7" in json.dumps(alerts["differences"])
     # Restored: it verifies again.
-    assert not run_module(name, "migration_verify", {"src": GOOD, "db": "claude_migrate"})[name].get("failed")
+    assert not run_module(name, "claude_kit.stack.migration_verify", {"src": GOOD, "db": "claude_migrate"})[name].get("failed")
 
 
 def test_bad_rows_fail_the_run_are_reported_and_nothing_is_committed(host, runbook):

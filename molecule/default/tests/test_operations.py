@@ -204,7 +204,7 @@ def row_count_probe(hosts_by_name, migrations):
 
 def test_pg_row_counts_exact(host, row_count_probe):
     name = host.backend.get_hostname()
-    res = run_module(name, "pg_row_counts", {"db": "claude_daemon", "tables": ["rc_probe", "rc_plain"]})[name]
+    res = run_module(name, "claude_kit.stack.pg_row_counts", {"db": "claude_daemon", "tables": ["rc_probe", "rc_plain"]})[name]
     assert res["changed"] is False
     assert res["tables"] == [
         {
@@ -221,7 +221,7 @@ def test_pg_row_counts_exact(host, row_count_probe):
 
 def test_pg_row_counts_estimate_and_all_tables(host, row_count_probe):
     name = host.backend.get_hostname()
-    res = run_module(name, "pg_row_counts", {"db": "claude_daemon", "mode": "estimate"})[name]
+    res = run_module(name, "claude_kit.stack.pg_row_counts", {"db": "claude_daemon", "mode": "estimate"})[name]
     counts = {t["table_name"]: t["record_count"] for t in res["tables"]}
     assert counts["rc_probe"] == 5 and counts["rc_plain"] == 3
     assert {"alerts", "usage_data", "predictions", "users"} <= set(counts)
@@ -230,7 +230,7 @@ def test_pg_row_counts_estimate_and_all_tables(host, row_count_probe):
 
 def test_pg_row_counts_unknown_table_fails_by_name(host, row_count_probe):
     name = host.backend.get_hostname()
-    res = run_module(name, "pg_row_counts", {"db": "claude_daemon", "tables": ["no_such_table"]})[name]
+    res = run_module(name, "claude_kit.stack.pg_row_counts", {"db": "claude_daemon", "tables": ["no_such_table"]})[name]
     assert res.get("failed") is True
     assert "public.no_such_table does not exist" in res["msg"]
 
@@ -242,3 +242,58 @@ def test_verify_runbook_prints_the_guides_table(host, row_count_probe):
     assert rc == 0, output[-3000:]
     assert "table_name | record_count | oldest_record       | newest_record" in output
     assert "rc_probe   |            5 | 2026-01-02T00:00:00 | 2026-01-06T00:00:00" in output
+
+
+# --- settings the kit no longer declares are taken back; hand-made ones are not -----------
+
+
+@pytest.fixture(scope="module")
+def settings_reset(hosts_by_name, row_count_probe):
+    declared = run_playbook("-e", '{"postgresql_settings": {"log_min_duration_statement": "250ms"}}')
+    with_setting = {n: psql(h, "SHOW log_min_duration_statement", "postgres")[0] for n, h in hosts_by_name.items()}
+    for h in hosts_by_name.values():
+        psql(h, "ALTER SYSTEM SET log_temp_files = '1MB'", "postgres")  # by hand, outside the kit
+    check = run_playbook("--check")
+    after_check = {n: psql(h, "SHOW log_min_duration_statement", "postgres")[0] for n, h in hosts_by_name.items()}
+    removed = run_playbook()
+    after = {
+        n: (psql(h, "SHOW log_min_duration_statement", "postgres")[0],
+            psql(h, "SELECT setting FROM pg_file_settings WHERE name = 'log_temp_files'", "postgres"))
+        for n, h in hosts_by_name.items()
+    }
+    again = run_playbook()
+    yield declared, with_setting, check, after_check, removed, after, again
+    for h in hosts_by_name.values():
+        psql(h, "ALTER SYSTEM RESET log_temp_files", "postgres")
+        psql(h, "SELECT pg_reload_conf()", "postgres")
+
+
+def test_a_declared_setting_is_applied(host, settings_reset):
+    (rc, output, _recap), with_setting = settings_reset[0], settings_reset[1]
+    assert rc == 0, output[-3000:]
+    assert with_setting[host.backend.get_hostname()] == "250ms"
+
+
+def test_a_setting_no_longer_declared_is_reset_and_reported_as_a_change(host, settings_reset):
+    name = host.backend.get_hostname()
+    _declared, _with, (crc, coutput, crecap), after_check, (rc, output, recap), after, _again = settings_reset
+    assert crc == 0, coutput[-3000:]
+    assert crecap[name]["changed"] >= 1 and after_check[name] == "250ms"  # check mode tells, changes nothing
+    assert rc == 0, output[-3000:]
+    assert recap[name]["changed"] >= 1
+    assert "Reset (no longer declared): log_min_duration_statement" in output
+    assert after[name][0] == "-1"  # PostgreSQL's default again
+
+
+def test_a_hand_made_setting_is_reported_not_removed(host, settings_reset):
+    name = host.backend.get_hostname()
+    (rc, output, _recap), after = settings_reset[4], settings_reset[5]
+    assert rc == 0, output[-3000:]
+    assert after[name][1] == ["1MB"]
+    assert "the kit does not declare" in output and "log_temp_files" in output
+
+
+def test_after_the_reset_a_run_changes_nothing(host, settings_reset):
+    rc, output, recap = settings_reset[6]
+    assert rc == 0, output[-3000:]
+    assert recap[host.backend.get_hostname()]["changed"] == 0

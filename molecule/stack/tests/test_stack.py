@@ -30,6 +30,9 @@ def get_host(name):
 
 
 DATA = get_host("stack-data")
+# The scenario renames the shared names (molecule.yml): read them, never assume the defaults.
+KIT = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY).get_variables("stack-data")
+DB_NAME = KIT["kit_db_name"]
 APPS = [get_host("stack-app1"), get_host("stack-app2")]
 PG_SERVICE = "postgresql@15-main"
 
@@ -56,7 +59,7 @@ def http(method, path, body=None, timeout=10):
 
 
 def psql(query):
-    return DATA.check_output("runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d claude_daemon -c %s", query)
+    return DATA.check_output("runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d %s -c %s", DB_NAME, query)
 
 
 def healths(n=8):
