@@ -9,7 +9,7 @@
    every peer) and, for each peer, creates a fresh database with files/schema.sql
    applied: identical tables, constraints and indexes.
 3. Loads the data with each peer, timing the wall clock:
-   - module:   `ansible localhost -m sqlite_to_postgres` (the headline number,
+   - module:   `ansible localhost -m claude_kit.stack.sqlite_to_postgres` (the headline number,
                 Ansible's start-up included), its interpreter wrapped by
                 bench/migration/rss_python to record the module's peak RSS;
    - pgloader: `pgloader` with a LOAD DATABASE command file, data only, its defaults;
@@ -119,7 +119,7 @@ class Bench:
         env = dict(os.environ, ANSIBLE_CONFIG=os.path.join(ROOT, "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="json",
                    ANSIBLE_LOAD_CALLBACK_PLUGINS="1", KIT_BENCH_PYTHON=os.path.join(VENV_BIN, "python"),
                    KIT_BENCH_RSS_FILE=rss_file, KIT_BENCH_SAMPLE="1" if sample else "0")
-        cmd = [os.path.join(VENV_BIN, "ansible"), "localhost", "-c", "local", "-i", "localhost,", "-m", module,
+        cmd = [os.path.join(VENV_BIN, "ansible"), "localhost", "-c", "local", "-i", "localhost,", "-m", f"claude_kit.stack.{module}",
                "-a", json.dumps(args), "-e", f"ansible_python_interpreter={os.path.join(HERE, 'rss_python')}"]
         start = time.monotonic()
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)

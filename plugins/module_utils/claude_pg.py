@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from ansible_collections.claude_kit.stack.plugins.module_utils.kit_module import KitModuleError
+
 try:
     import psycopg2
     from psycopg2 import sql
@@ -69,23 +71,22 @@ def connect_kwargs(params, db):
     return {key: value for key, value in kwargs.items() if value not in (None, "")}
 
 
-def ensure_psycopg2(module):
+def ensure_psycopg2():
     if not HAS_PSYCOPG2:
-        module.fail_json(
-            msg="psycopg2 is required on the managed host (Debian: python3-psycopg2)",
-            exception=str(PSYCOPG2_IMPORT_ERROR),
+        raise KitModuleError(
+            "psycopg2 is required on the managed host (Debian: python3-psycopg2)", {"exception": str(PSYCOPG2_IMPORT_ERROR)}
         )
 
 
 def connect(module, db, autocommit=False):
-    """Connect or fail the module with a message that says where it tried."""
-    ensure_psycopg2(module)
+    """Connect, or raise KitModuleError with a message that says where it tried."""
+    ensure_psycopg2()
     kwargs = connect_kwargs(module.params, db)
     try:
         conn = psycopg2.connect(**kwargs)
     except psycopg2.Error as exc:
         where = kwargs.get("host", "the local socket")
-        module.fail_json(msg=f"cannot connect to database {db!r} on {where} port {kwargs.get('port')}: {exc}".strip())
+        raise KitModuleError(f"cannot connect to database {db!r} on {where} port {kwargs.get('port')}: {exc}".strip()) from None
     conn.autocommit = autocommit
     return conn
 

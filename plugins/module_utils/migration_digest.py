@@ -25,14 +25,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-import multiprocessing
 import operator
-import os
 import threading
 
-from ansible.module_utils.claude_pg import sql
-from ansible.module_utils.migration_normalise import NULL, copy_unescape, normalise_batch, show_value
-from ansible.module_utils.migration_source import open_readonly, quote_sqlite
+from ansible_collections.claude_kit.stack.plugins.module_utils.claude_pg import sql
+from ansible_collections.claude_kit.stack.plugins.module_utils.kit_module import KitModuleError
+from ansible_collections.claude_kit.stack.plugins.module_utils.migration_encoding import ESCAPE_PAIRS, NULL, copy_unescape, show_value
+from ansible_collections.claude_kit.stack.plugins.module_utils.migration_normalise import normalise_batch
+from ansible_collections.claude_kit.stack.plugins.module_utils.migration_source import open_readonly, quote_sqlite
+from ansible_collections.claude_kit.stack.plugins.module_utils.migration_workers import PARALLEL_MIN_ROWS, connection_fds, fork_workers
 
 MASK = (1 << 64) - 1
 LEAF_ROWS = 256
@@ -54,9 +55,6 @@ def line_hash(line):
 
 # -- PostgreSQL side ---------------------------------------------------------------------
 
-_ESCAPES = (("\\", "\\\\"), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"), ("\b", "\\b"), ("\f", "\\f"), ("\v", "\\v"))
-
-
 def _token_sql(column, converter):
     """SQL for one column's COPY token: the output function's text, escaped, \\N for NULL."""
     ident = sql.Identifier(column["name"])
@@ -68,7 +66,7 @@ def _token_sql(column, converter):
     else:
         text = sql.SQL("{}::text").format(ident)
     if converter.escapes:
-        for raw, escaped in _ESCAPES:
+        for raw, escaped in ESCAPE_PAIRS:
             text = sql.SQL("replace({}, {}, {})").format(text, sql.Literal(raw), sql.Literal(escaped))
     elif converter.kind == "bytea":
         text = sql.SQL("replace({}, {}, {})").format(text, sql.Literal("\\"), sql.Literal("\\\\"))
@@ -198,9 +196,6 @@ def sqlite_digest(sconn, plan, lo=None, hi=None, keep_rejects=10):
     return side
 
 
-PARALLEL_MIN_ROWS = 50_000
-
-
 def merge_sides(sides, keep_rejects=10):
     """One SideDigest from the digests of disjoint parts of a table."""
     merged = SideDigest()
@@ -217,67 +212,31 @@ def merge_sides(sides, keep_rejects=10):
     return merged
 
 
-def close_inherited(fds):
-    """In a forked process: close descriptors inherited from the parent that must not stay
-    open here: the PostgreSQL connection's socket (if the parent were killed, a child holding
-    it would keep the server's session and its locks alive) and the read ends of the other
-    children's pipes (which would hide the parent's death from them). SQLite's own
-    descriptors are left alone: SQLite tracks them per process and closing them under it
-    breaks its locking."""
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-
-def _connection_fd(cur):
-    try:
-        return [cur.connection.fileno()]
-    except Exception:  # closed or not a psycopg2 connection: nothing to close
-        return []
-
-
 def digest_both(cur, sconn, plan, extra_minmax=()):
     """Whole-table digests of both sides, PostgreSQL's computed in a thread meanwhile."""
-    result = {}
-
-    def pg_side():
-        try:
-            result["pg"] = pg_digest(cur, plan, extra_minmax=extra_minmax)
-        except BaseException as exc:  # re-raised below, in the caller's thread
-            result["error"] = exc
-
-    thread = threading.Thread(target=pg_side, name="pg-digest", daemon=True)
-    thread.start()
+    thread, pg_results = _pg_digests(cur, [plan], {plan.label: extra_minmax})
     try:
         side = sqlite_digest(sconn, plan)
     finally:
         thread.join()
-    if "error" in result:
-        raise result["error"]
-    return side, result["pg"]
+    if "error" in pg_results:
+        raise pg_results["error"]
+    return side, pg_results[0]
 
 
-def _tasks_worker(send, path, tasks, keep_rejects, close_fds):
+def _tasks_worker(send, path, tasks, keep_rejects):
     """In a forked process: the digests of several (table, rowid range) tasks, sent back at the end."""
-    try:
-        close_inherited(close_fds)
-        sconn = open_readonly(path)
-        out = []
-        for index, plan, low, high in tasks:
-            if low is None:
-                side = sqlite_digest(sconn, plan, keep_rejects=keep_rejects)
-            else:
-                side = SideDigest()
-                for rows in plan.reader(sconn, *plan.rowid_range(low, high)).batches():
-                    side.add(plan, rows, keep_rejects)
-            out.append((index, side.__dict__))
-        send.send(("ok", out))
-    except BaseException as exc:  # reported by the parent
-        send.send(("error", f"{type(exc).__name__}: {exc}"))
-    finally:
-        send.close()
+    sconn = open_readonly(path)
+    out = []
+    for index, plan, low, high in tasks:
+        if low is None:
+            side = sqlite_digest(sconn, plan, keep_rejects=keep_rejects)
+        else:
+            side = SideDigest()
+            for rows in plan.reader(sconn, *plan.rowid_range(low, high)).batches():
+                side.add(plan, rows, keep_rejects)
+        out.append((index, side.__dict__))
+    send.send(("ok", out))
 
 
 def plan_tasks(sconn, plans, workers):
@@ -309,6 +268,44 @@ def plan_tasks(sconn, plans, workers):
     return [sorted(part) for part in assigned if part]
 
 
+def _receive_sides(started, count, keep_rejects):
+    """The SideDigests of the count tables from the worker processes of digest_tables, merged per table in range order."""
+    parts, errors = {}, []
+    for proc, receive, positions in started:
+        try:
+            status, payload = receive.recv()
+        except EOFError:
+            status, payload = "error", f"worker {proc.pid} ended without a result"
+        proc.join()
+        if status != "ok":
+            errors.append(payload)
+            continue
+        for n, state in payload:
+            side = SideDigest()
+            side.__dict__.update(state)
+            parts.setdefault(positions[n], []).append((n, side))
+    if errors:
+        raise KitModuleError("reading the SQLite file failed: " + "; ".join(errors))
+    return [merge_sides([side for _n, side in sorted(parts.get(position, []), key=lambda x: x[0])], keep_rejects)
+            for position in range(count)]
+
+
+def _pg_digests(cur, plans, extra_minmax):
+    """A thread computing PostgreSQL's digests table after table into the dict it returns ("error": what it raised)."""
+    results = {}
+
+    def pg_side():
+        try:
+            for position, plan in enumerate(plans):
+                results[position] = pg_digest(cur, plan, extra_minmax=extra_minmax.get(plan.label, ()))
+        except BaseException as exc:  # re-raised by the caller, in its thread
+            results["error"] = exc
+
+    thread = threading.Thread(target=pg_side, name="pg-digest", daemon=True)
+    thread.start()
+    return thread, results
+
+
 def digest_tables(cur, sconn, plans, path, workers, extra_minmax=None, keep_rejects=10):
     """[(SideDigest, pg_digest result)] for every plan, in order.
 
@@ -318,50 +315,16 @@ def digest_tables(cur, sconn, plans, path, workers, extra_minmax=None, keep_reje
     tables instead of waiting for each other table by table. With workers=1 the
     SQLite sides are read in this process.
     """
-    extra_minmax = extra_minmax or {}
     started = []
     if workers > 1:
-        ctx = multiprocessing.get_context("fork")
-        inherited = _connection_fd(cur)
-        for part in plan_tasks(sconn, plans, workers):
-            receive, send = ctx.Pipe(duplex=False)
-            tasks = [(n, plans[position], low, high) for n, position, low, high in part]
-            proc = ctx.Process(target=_tasks_worker, args=(send, path, tasks, keep_rejects, inherited + [receive.fileno()]), daemon=True)
-            inherited.append(receive.fileno())
-            proc.start()
-            send.close()
-            started.append((proc, receive, {n: position for n, position, _l, _h in part}))
-    pg_results = {}
-
-    def pg_side():
-        try:
-            for position, plan in enumerate(plans):
-                pg_results[position] = pg_digest(cur, plan, extra_minmax=extra_minmax.get(plan.label, ()))
-        except BaseException as exc:  # re-raised below, in the caller's thread
-            pg_results["error"] = exc
-
-    thread = threading.Thread(target=pg_side, name="pg-digest", daemon=True)
-    thread.start()
+        parts = plan_tasks(sconn, plans, workers)
+        jobs = [(path, [(n, plans[position], low, high) for n, position, low, high in part], keep_rejects) for part in parts]
+        forked = fork_workers(_tasks_worker, jobs, connection_fds(cur.connection), name="sqlite-digest")
+        started = [(proc, receive, {n: position for n, position, _l, _h in part}) for (proc, receive), part in zip(forked, parts)]
+    thread, pg_results = _pg_digests(cur, plans, extra_minmax or {})
     try:
         if started:
-            parts, errors = {}, []
-            for proc, receive, positions in started:
-                try:
-                    status, payload = receive.recv()
-                except EOFError:
-                    status, payload = "error", f"worker {proc.pid} ended without a result"
-                proc.join()
-                if status != "ok":
-                    errors.append(payload)
-                    continue
-                for n, state in payload:
-                    side = SideDigest()
-                    side.__dict__.update(state)
-                    parts.setdefault(positions[n], []).append((n, side))
-            if errors:
-                raise RuntimeError("reading the SQLite file failed: " + "; ".join(errors))
-            sides = [merge_sides([side for _n, side in sorted(parts.get(position, []), key=lambda x: x[0])], keep_rejects)
-                     for position in range(len(plans))]
+            sides = _receive_sides(started, len(plans), keep_rejects)
         else:
             sides = [sqlite_digest(sconn, plan, keep_rejects=keep_rejects) for plan in plans]
     finally:

@@ -82,8 +82,13 @@ import re
 import struct
 import uuid
 
-NULL = "\\N"
-REJECT_VALUE_CHARS = 200
+from ansible_collections.claude_kit.stack.plugins.module_utils.migration_encoding import (
+    NEEDS_ESCAPE,
+    NULL,
+    copy_escape,
+    escape_column,
+    show_value,
+)
 
 
 class Reject(Exception):
@@ -95,47 +100,6 @@ class UnsupportedType(Exception):
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-_SPECIAL_RE = re.compile("[\\\\\n\r\t\b\f\v]")
-_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f", "\v": "\\v"})
-_ESCAPE_PAIRS = (("\\", "\\\\"), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"), ("\b", "\\b"), ("\f", "\\f"), ("\v", "\\v"))
-_UNESCAPE_RE = re.compile(r"\\(.)", re.S)
-_UNESCAPES = {"\\": "\\", "n": "\n", "r": "\r", "t": "\t", "b": "\b", "f": "\f", "v": "\v"}
-
-
-def copy_escape(text):
-    """Text -> its COPY text-format field (the escapes PostgreSQL's COPY TO writes)."""
-    if _SPECIAL_RE.search(text):
-        return text.translate(_ESCAPES)
-    return text
-
-
-def escape_column(texts):
-    """copy_escape over a list of texts without NUL characters, by C loops over their join."""
-    joined = "\x00".join(texts)
-    for raw, escaped in _ESCAPE_PAIRS:
-        if raw in joined:
-            joined = joined.replace(raw, escaped)
-    return joined.split("\x00")
-
-
-def copy_unescape(token):
-    """A COPY field written by copy_escape -> the text (None for NULL)."""
-    if token == NULL:
-        return None
-    if "\\" not in token:
-        return token
-    return _UNESCAPE_RE.sub(lambda m: _UNESCAPES.get(m.group(1), m.group(1)), token)
-
-
-def show_value(value):
-    """A source value for a reject report: repr, at most REJECT_VALUE_CHARS characters."""
-    if isinstance(value, bytearray):
-        value = bytes(value)
-    text = repr(value)
-    if len(text) > REJECT_VALUE_CHARS:
-        text = text[: REJECT_VALUE_CHARS - 3] + "..."
-    return text
 
 
 def source_type(value):
@@ -637,7 +601,8 @@ class TimestampConverter(Converter):
                         return None
                     return value + self.suffix
             elif size == 24:
-                if value[10] == "T" and value[23] == "Z" and value[19] == "." and value[4] == "-" and value[7] == "-" and value[13] == ":" and value[16] == ":" and value.isascii():
+                if (value[10] == "T" and value[23] == "Z" and value[19] == "." and value[4] == "-" and value[7] == "-"
+                        and value[13] == ":" and value[16] == ":" and value.isascii()):
                     head = value[:19]
                     try:
                         _fromisoformat(head)
@@ -779,7 +744,7 @@ class TextConverter(Converter):
         if self.pad or self.labels is not None or set(map(type, values)) != {str}:
             return None
         joined = "".join(values)
-        if "\x00" in joined or _SPECIAL_RE.search(joined):
+        if "\x00" in joined or NEEDS_ESCAPE.search(joined):
             return None
         if self.max_chars is not None and max(map(len, values)) > self.max_chars:
             return None
@@ -797,7 +762,7 @@ class TextConverter(Converter):
                 return None
             if self.max_chars is not None and max(map(len, vals)) > self.max_chars:
                 return None
-            if _SPECIAL_RE.search(joined):
+            if NEEDS_ESCAPE.search(joined):
                 return escape_column(vals)
             return list(vals)
 

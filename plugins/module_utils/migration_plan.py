@@ -7,10 +7,11 @@ they normalise and compare exactly the same columns in the same way.
 
 from __future__ import annotations
 
-from ansible.module_utils.claude_pg import check_identifier, sql
-from ansible.module_utils.migration_normalise import UnsupportedType, make_converter
-from ansible.module_utils.migration_source import TableReader, quote_sqlite, rowid_alias, table_columns
-from ansible.module_utils.migration_source import list_tables as sqlite_tables
+from ansible_collections.claude_kit.stack.plugins.module_utils.claude_pg import check_identifier, sql
+from ansible_collections.claude_kit.stack.plugins.module_utils.kit_module import KitModuleError
+from ansible_collections.claude_kit.stack.plugins.module_utils.migration_normalise import UnsupportedType, make_converter
+from ansible_collections.claude_kit.stack.plugins.module_utils.migration_source import TableReader, quote_sqlite, rowid_alias, table_columns
+from ansible_collections.claude_kit.stack.plugins.module_utils.migration_source import list_tables as sqlite_tables
 
 # Session settings that fix how PostgreSQL prints values (COPY TO, ::text), so
 # that its output matches the converters' tokens byte for byte.
@@ -25,12 +26,12 @@ SESSION_SETTINGS = (
 TIMESTAMP_KINDS = ("timestamp", "date")
 
 
-class PlanError(Exception):
+class PlanError(KitModuleError):
     """Problems found before anything is read or written; .problems lists them all."""
 
-    def __init__(self, problems):
+    def __init__(self, problems, result=None):
         self.problems = list(problems)
-        super().__init__("; ".join(self.problems))
+        super().__init__("; ".join(self.problems), result)
 
 
 def configure_session(cur):
@@ -76,6 +77,21 @@ JOIN pg_class pc ON pc.oid = con.confrelid
 JOIN pg_namespace pn ON pn.oid = pc.relnamespace
 WHERE con.conrelid = %s AND con.contype = 'f'
 ORDER BY con.conname
+"""
+
+# Every constraint of the table and every unique index backing none, with its columns
+# (none for an expression): a row PostgreSQL refuses is reported with them.
+_CONSTRAINTS_SQL = """
+SELECT con.conname, ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY k(n, o)
+                          JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.o)
+FROM pg_constraint con
+WHERE con.conrelid = %(oid)s
+UNION ALL
+SELECT ic.relname, ARRAY(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(n, o)
+                         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n ORDER BY k.o)
+FROM pg_index i
+JOIN pg_class ic ON ic.oid = i.indexrelid
+WHERE i.indrelid = %(oid)s AND i.indisunique AND NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conindid = i.indexrelid)
 """
 
 _OWN_RULES_SQL = """
@@ -146,6 +162,7 @@ class TablePlan:
         self.pk_unmatched = []
         self.serials = []  # (column name, sequence name)
         self.foreign_keys = []  # dicts: name, parent (schema, table), columns, parent_columns, match, validated
+        self.constraints = {}  # constraint (or unique index) name: [its columns], for reports
         self.own_triggers = 0  # triggers and non-SELECT rules of the table itself (not foreign key internals)
         self.rowid = None  # SQL name of the SQLite rowid, None for WITHOUT ROWID tables
         self.rowid_column = None  # the SQLite column that is the rowid (INTEGER PRIMARY KEY), if migrated
@@ -363,6 +380,13 @@ def _plan_table(cur, sconn, plan, problems, warnings):
         warnings.append(f"table {plan.label}: generated columns are computed by PostgreSQL, SQLite's values are not used: {', '.join(plan.ignored)}")
     if not plan.columns:
         problems.append(f"table {plan.label}: no column of the SQLite table matches a PostgreSQL column")
+    _plan_keys(cur, sconn, plan, source_cols)
+    _plan_constraints(cur, plan)
+
+
+def _plan_keys(cur, sconn, plan, source_cols):
+    """The primary key on both sides, and where the SQLite rowid is."""
+    source_names = [name for name, _decl, _pk in source_cols]
     cur.execute(_PK_SQL, (plan.oid,))
     found = cur.fetchone()
     if found:
@@ -377,9 +401,15 @@ def _plan_table(cur, sconn, plan, problems, warnings):
         plan.rowid_index = plan.source_columns.index(plan.rowid_column)
     else:
         plan.rowid_index = len(plan.columns)
+
+
+def _plan_constraints(cur, plan):
+    """The foreign keys, every constraint's columns (for reports), the table's own triggers and rules."""
     cur.execute(_FK_SQL, (plan.oid,))
     for name, parent_schema, parent_table, match, validated, columns, parent_columns in cur.fetchall():
         plan.foreign_keys.append(dict(name=name, parent=(parent_schema, parent_table), columns=list(columns),
                                       parent_columns=list(parent_columns), match=match, validated=validated))
+    cur.execute(_CONSTRAINTS_SQL, {"oid": plan.oid})
+    plan.constraints = {name: list(columns) for name, columns in cur.fetchall()}
     cur.execute(_OWN_RULES_SQL, {"oid": plan.oid})
     plan.own_triggers = cur.fetchone()[0]

@@ -18,10 +18,16 @@ import sqlite3
 import threading
 import urllib.parse
 
+from ansible_collections.claude_kit.stack.plugins.module_utils.kit_module import KitModuleError
+
 BATCH_ROWS = 5000
+# A database file's companions, which must stay beside it: its WAL and shared-memory
+# index, and a rollback journal (a hot journal left behind would be applied to
+# whatever file next takes the name).
+COMPANIONS = ("-wal", "-shm", "-journal")
 
 
-class SourceError(Exception):
+class SourceError(KitModuleError):
     """A problem with the SQLite file (missing, unreadable, not a database)."""
 
 
@@ -58,10 +64,14 @@ def open_readonly(path, immutable=False):
     return conn
 
 
-def backup_name(source, backup_dir, now=None):
-    """Where the copy of source goes: backup_dir/NAME.YYYYmmddTHHMMSSZ.backup, not yet existing."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
-    base = os.path.join(backup_dir, f"{os.path.basename(source)}.{now.strftime('%Y%m%dT%H%M%SZ')}.backup")
+def utc_stamp(now=None):
+    """YYYYmmddTHHMMSSZ of now (UTC): names the backup copy and the archived source of a run."""
+    return (now or datetime.datetime.now(datetime.timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+
+
+def backup_name(source, backup_dir, stamp=None):
+    """Where the copy of source goes: backup_dir/NAME.STAMP.backup (STAMP: utc_stamp()), not yet existing."""
+    base = os.path.join(backup_dir, f"{os.path.basename(source)}.{stamp or utc_stamp()}.backup")
     path, n = base, 1
     while os.path.exists(path):
         n += 1
@@ -115,6 +125,24 @@ def backup(source, dest, digest=True):
     finally:
         src.close()
     return sha256_file(dest) if digest else None
+
+
+def archive(source, stamp):
+    """Rename the SQLite file source, and those of its COMPANIONS that exist, to
+    SOURCE.migrated-STAMP (+ the companion's suffix), in the same directory
+    (os.rename: atomic, the file's identity kept). Returns the new path of source.
+    Refuses, before renaming anything, to replace an existing file."""
+    target = f"{source}.migrated-{stamp}"
+    moves = [(source, target)] + [(source + end, target + end) for end in COMPANIONS if os.path.lexists(source + end)]
+    taken = [new for _old, new in moves if os.path.lexists(new)]
+    if taken:
+        raise SourceError(f"cannot archive {source}: {', '.join(taken)} exists already")
+    try:
+        for old, new in moves:
+            os.rename(old, new)
+    except OSError as exc:
+        raise SourceError(f"cannot archive {source} as {target}: {exc}") from None
+    return target
 
 
 def list_tables(conn):

@@ -31,7 +31,7 @@ notes:
 
 EXAMPLES = r"""
 - name: Read the usable memory and CPUs
-  host_resources:
+  claude_kit.stack.host_resources:
   register: resources
 
 - name: Show them
@@ -67,10 +67,12 @@ machine_memory_mb:
   sample: 24036
 """
 
-import math
-import os
+# Imports follow the documentation, as Ansible wants them (ansible-test validate-modules).
+import math  # noqa: E402
+import os  # noqa: E402
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.claude_kit.stack.plugins.module_utils.kit_module import KitModuleError, cpu_count, end_module  # noqa: E402
 
 # cgroup v1 reports "no limit" as a huge page-aligned number.
 UNLIMITED_V1 = 1 << 62
@@ -192,20 +194,20 @@ def _read(path):
         return None
 
 
-def main():
-    module = AnsibleModule(argument_spec={}, supports_check_mode=True)
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        affinity = os.cpu_count() or 1
+def host_resources():
     meminfo = _read("/proc/meminfo")
     if meminfo is None:
-        module.fail_json(msg="cannot read /proc/meminfo: host_resources needs Linux")
+        raise KitModuleError("cannot read /proc/meminfo: host_resources needs Linux")
     try:
-        result = effective_resources(_read, _read("/proc/self/cgroup") or "", meminfo, affinity)
+        result = effective_resources(_read, _read("/proc/self/cgroup") or "", meminfo, cpu_count())
     except ValueError as exc:
-        module.fail_json(msg=f"cannot work out the host's resources: {exc}")
-    module.exit_json(changed=False, **result)
+        raise KitModuleError(f"cannot work out the host's resources: {exc}") from None
+    return dict(changed=False, **result)
+
+
+def main():
+    module = AnsibleModule(argument_spec={}, supports_check_mode=True)
+    end_module(module, host_resources)
 
 
 if __name__ == "__main__":

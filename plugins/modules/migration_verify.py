@@ -14,7 +14,7 @@ description:
     the rows.
   - Per table it compares the row count, the minimum and maximum of every timestamp and date column,
     and a content digest. The digest is computed over the NORMALISED values, with the same converters
-    as M(sqlite_to_postgres), so a value changed after the migration is caught, not only a missing
+    as M(claude_kit.stack.sqlite_to_postgres), so a value changed after the migration is caught, not only a missing
     row. It does not depend on row order.
   - "The digest of a table is the sum, modulo 2**64, of a 64-bit hash (the first half of MD5) of each
     row's canonical line: the row's values as PostgreSQL's COPY prints them. PostgreSQL computes its
@@ -30,7 +30,7 @@ description:
     Compare a copy nobody writes to, such as the migration's C(backup_path).
   - Also returns the guide's "Migration Verification" table (table_name, record_count, oldest_record,
     newest_record, from PostgreSQL's I(timestamp_column)).
-  - Rows of SQLite that cannot be normalised (those M(sqlite_to_postgres) rejects) count as
+  - Rows of SQLite that cannot be normalised (those M(claude_kit.stack.sqlite_to_postgres) rejects) count as
     differences, unless I(allow_rejected) is set.
   - Read-only on both sides, in check mode too. PostgreSQL is read in a read-only REPEATABLE READ
     transaction, SQLite is opened with C(mode=ro). Never reports a change.
@@ -39,7 +39,7 @@ author: claude-kit maintainers
 options:
   src:
     description:
-      - The SQLite database file on the managed host. Pass C(backup_path) of the M(sqlite_to_postgres)
+      - The SQLite database file on the managed host. Pass C(backup_path) of the M(claude_kit.stack.sqlite_to_postgres)
         result to compare with exactly the data that was migrated.
     type: path
     required: true
@@ -63,7 +63,7 @@ options:
     default: 10
   reject_report:
     description:
-      - The reject report of the migration (C(reject_report) of M(sqlite_to_postgres)). The rows it lists,
+      - The reject report of the migration (C(reject_report) of M(claude_kit.stack.sqlite_to_postgres)). The rows it lists,
         whether the conversion or PostgreSQL refused them, are left out of the comparison and counted
         in C(sqlite_excluded). Use it after a migration with I(on_reject=skip).
     type: path
@@ -78,7 +78,7 @@ options:
     type: str
     default: created_at
 extends_documentation_fragment:
-  - claude_pg
+  - claude_kit.stack.claude_pg
 attributes:
   check_mode:
     support: full
@@ -89,12 +89,12 @@ attributes:
 requirements:
   - psycopg2 on the managed host
 seealso:
-  - module: sqlite_to_postgres
+  - module: claude_kit.stack.sqlite_to_postgres
 """
 
 EXAMPLES = r"""
 - name: Migrate
-  sqlite_to_postgres:
+  claude_kit.stack.sqlite_to_postgres:
     src: /var/lib/claude-daemon/claude-daemon.db
     db: claude_daemon
   become: true
@@ -102,7 +102,7 @@ EXAMPLES = r"""
   register: migration
 
 - name: Verify PostgreSQL against the copy that was migrated
-  migration_verify:
+  claude_kit.stack.migration_verify:
     src: "{{ migration.backup_path }}"
     db: claude_daemon
     reject_report: "{{ migration.reject_report }}"  # rows the migration rejected (on_reject=skip) are left out
@@ -196,35 +196,24 @@ seconds:
   type: float
 """
 
-import json
-import os
+# Imports follow the documentation, as Ansible wants them (ansible-test validate-modules).
+import json  # noqa: E402
+import os  # noqa: E402
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.claude_pg import check_identifier, connect, pg_argument_spec, psycopg2
-from ansible.module_utils.migration_digest import bisect, bisectable, digest_tables
-from ansible.module_utils.migration_load import Timer, gc_paused
-from ansible.module_utils.migration_plan import PlanError, build_plans, configure_session
-from ansible.module_utils.migration_source import SourceError, open_readonly
-
-REPORT_COLUMNS = ("table_name", "record_count", "oldest_record", "newest_record")
-
-
-class VerifyFailed(Exception):
-    def __init__(self, msg, result):
-        super().__init__(msg)
-        self.msg = msg
-        self.result = result
-
-
-def render_report(rows):
-    """Rows (dicts with REPORT_COLUMNS) -> aligned text lines, counts right-aligned."""
-    cells = [list(REPORT_COLUMNS)] + [["" if r.get(c) is None else str(r.get(c)) for c in REPORT_COLUMNS] for r in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(REPORT_COLUMNS))]
-    out = []
-    for n, line in enumerate(cells):
-        parts = [cell.rjust(widths[i]) if i == 1 and n else cell.ljust(widths[i]) for i, cell in enumerate(line)]
-        out.append(" | ".join(parts).rstrip())
-    return out
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.claude_kit.stack.plugins.module_utils.claude_pg import check_identifier, connect, pg_argument_spec, psycopg2  # noqa: E402
+from ansible_collections.claude_kit.stack.plugins.module_utils.kit_module import (  # noqa: E402
+    VERIFICATION_COLUMNS,
+    KitModuleError,
+    Timer,
+    cpu_workers,
+    end_module,
+    gc_paused,
+    render_table,
+)
+from ansible_collections.claude_kit.stack.plugins.module_utils.migration_digest import bisect, bisectable, digest_tables  # noqa: E402
+from ansible_collections.claude_kit.stack.plugins.module_utils.migration_plan import build_plans, configure_session  # noqa: E402
+from ansible_collections.claude_kit.stack.plugins.module_utils.migration_source import open_readonly  # noqa: E402
 
 
 def describe(entry):
@@ -253,21 +242,13 @@ def describe(entry):
     return f"{entry['table']}: " + "; ".join(bits)
 
 
-def workers():
-    """Processes reading SQLite at once: the CPUs this process may use, at most 4."""
-    try:
-        return max(1, min(4, len(os.sched_getaffinity(0))))
-    except AttributeError:  # not Linux
-        return 1
-
-
 def load_reject_keys(path):
     """{table: [key, ...]} from a reject report written by sqlite_to_postgres."""
     try:
         with open(path, encoding="utf-8") as handle:
             report = json.load(handle)
     except (OSError, ValueError) as exc:
-        raise VerifyFailed(f"cannot read the reject report {path}: {exc}", {}) from None
+        raise KitModuleError(f"cannot read the reject report {path}: {exc}") from None
     keys = {}
     for entry in report.get("rejects", []):
         keys.setdefault(entry.get("table"), []).append(entry.get("key"))
@@ -351,73 +332,84 @@ def _has_column(cur, plan, name):
     return cur.fetchone()[0]
 
 
-def verify(params, conn, warn=None):
-    """The comparison; returns the result, or raises VerifyFailed (with the result) when anything differs."""
-    timer = Timer()
-    warn = warn or (lambda msg: None)
-    result = dict(changed=False, tables=[], verification=[], report=[], differing_tables=[], plan_warnings=[], seconds=0.0)
+def check_options(params):
     try:
         check_identifier(params["schema"], "schema")
         if params["timestamp_column"]:
             check_identifier(params["timestamp_column"], "timestamp_column")
     except ValueError as exc:
-        raise VerifyFailed(str(exc), result) from None
+        raise KitModuleError(str(exc)) from None
+    if params["max_differences"] < 1:
+        raise KitModuleError("max_differences must be at least 1")
+
+
+def compare(cur, sconn, params, result, warn):
+    """Plan the tables, digest both sides, compare table by table into result."""
+    configure_session(cur)
+    plans, warnings = build_plans(cur, sconn, params["schema"], params["tables"])
+    if params.get("reject_report"):
+        listed = load_reject_keys(params["reject_report"])
+        for plan in plans:
+            plan.load_excluded(listed.get(plan.label, ()))
+    result["plan_warnings"] = warnings
+    for message in warnings:
+        warn(message)
+    ts_col = params["timestamp_column"]
+    extras = {plan.label: [ts_col] if ts_col and _has_column(cur, plan, ts_col) else [] for plan in plans}
+    digests = digest_tables(cur, sconn, plans, params["src"], cpu_workers(), extras)
+    for plan, pair in zip(plans, digests):
+        entry, verification = verify_table(cur, sconn, plan, params, pair, extras[plan.label])
+        result["tables"].append(entry)
+        result["verification"].append(verification)
+
+
+def read_both(params, conn, result, warn):
+    """compare() in a read-only REPEATABLE READ transaction and with SQLite opened read-only."""
     conn.set_session(readonly=True, isolation_level="REPEATABLE READ")
-    cur = conn.cursor()
     sconn = None
-    before = fingerprint(params["src"])
     try:
         # No long read transaction (in rollback-journal mode it would stop every writer until
         # the end): the file's size and times are compared before and after instead.
         sconn = open_readonly(params["src"])
-        configure_session(cur)
-        plans, warnings = build_plans(cur, sconn, params["schema"], params["tables"])
-        if params.get("reject_report"):
-            listed = load_reject_keys(params["reject_report"])
-            for plan in plans:
-                plan.load_excluded(listed.get(plan.label, ()))
-        result["plan_warnings"] = warnings
-        for message in warnings:
-            warn(message)
-        ts_col = params["timestamp_column"]
-        extras = {plan.label: [ts_col] if ts_col and _has_column(cur, plan, ts_col) else [] for plan in plans}
-        digests = digest_tables(cur, sconn, plans, params["src"], workers(), extras)
-        for plan, pair in zip(plans, digests):
-            entry, verification = verify_table(cur, sconn, plan, params, pair, extras[plan.label])
-            result["tables"].append(entry)
-            result["verification"].append(verification)
-    except PlanError as exc:
-        raise VerifyFailed("; ".join(exc.problems), result) from None
-    except SourceError as exc:
-        raise VerifyFailed(str(exc), result) from None
+        compare(conn.cursor(), sconn, params, result, warn)
     except psycopg2.Error as exc:
-        raise VerifyFailed(f"PostgreSQL error: {str(exc).strip()}", result) from None
-    except RuntimeError as exc:
-        raise VerifyFailed(str(exc), result) from None
+        raise KitModuleError(f"PostgreSQL error: {str(exc).strip()}") from None
     finally:
         conn.rollback()
         if sconn is not None:
             sconn.close()
-    if fingerprint(params["src"]) != before:
-        raise VerifyFailed(
-            f"{params['src']} changed while it was being compared (is the daemon writing to it?):"
-            " compare the copy the migration read (its backup_path) instead",
-            result,
-        )
+
+
+def verify(params, conn, warn=None):
+    """The comparison; returns the result, or raises KitModuleError (with the result) when anything differs."""
+    timer = Timer()
+    result = dict(changed=False, tables=[], verification=[], report=[], differing_tables=[], plan_warnings=[], seconds=0.0)
+    try:
+        check_options(params)
+        before = fingerprint(params["src"])
+        read_both(params, conn, result, warn or (lambda msg: None))
+        if fingerprint(params["src"]) != before:
+            raise KitModuleError(
+                f"{params['src']} changed while it was being compared (is the daemon writing to it?):"
+                " compare the copy the migration read (its backup_path) instead"
+            )
+    except KitModuleError as exc:
+        exc.result = result
+        raise
     result["seconds"] = timer.seconds
-    result["report"] = render_report(result["verification"])
+    result["report"] = render_table(VERIFICATION_COLUMNS, result["verification"], right_aligned=("record_count",))
     differing = [entry for entry in result["tables"] if not entry["match"]]
     result["differing_tables"] = [entry["table"] for entry in differing]
     if differing:
         lines = [describe(entry) for entry in differing]
         result["report"] += ["DIFFERS " + line for line in lines]
-        raise VerifyFailed(f"{len(differing)} of {len(result['tables'])} tables differ: " + " | ".join(lines), result)
+        raise KitModuleError(f"{len(differing)} of {len(result['tables'])} tables differ: " + " | ".join(lines), result)
     return result
 
 
-def main():
-    argument_spec = pg_argument_spec()
-    argument_spec.update(
+def argument_spec():
+    spec = pg_argument_spec()
+    spec.update(
         src=dict(type="path", required=True, aliases=["path"]),
         db=dict(type="str", required=True),
         schema=dict(type="str", default="public"),
@@ -427,18 +419,21 @@ def main():
         reject_report=dict(type="path"),
         timestamp_column=dict(type="str", default="created_at"),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    if module.params["max_differences"] < 1:
-        module.fail_json(msg="max_differences must be at least 1")
+    return spec
+
+
+def run(module):
     conn = connect(module, module.params["db"])
     try:
         with gc_paused():
-            result = verify(module.params, conn, warn=module.warn)
-    except VerifyFailed as exc:
-        module.fail_json(msg=exc.msg, **exc.result)
+            return verify(module.params, conn, warn=module.warn)
     finally:
         conn.close()
-    module.exit_json(**result)
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    end_module(module, lambda: run(module))
 
 
 if __name__ == "__main__":

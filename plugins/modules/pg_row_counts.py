@@ -47,7 +47,7 @@ options:
     type: str
     default: created_at
 extends_documentation_fragment:
-  - claude_pg
+  - claude_kit.stack.claude_pg
 attributes:
   check_mode:
     support: full
@@ -61,7 +61,7 @@ requirements:
 
 EXAMPLES = r"""
 - name: Count the rows of the guide's tables
-  pg_row_counts:
+  claude_kit.stack.pg_row_counts:
     db: claude_daemon
     tables: [usage_data, alerts, predictions]
   become: true
@@ -73,7 +73,7 @@ EXAMPLES = r"""
     msg: "{{ counts.report }}"
 
 - name: Fast estimates of every table, over TCP as the app role
-  pg_row_counts:
+  claude_kit.stack.pg_row_counts:
     db: claude_daemon
     mode: estimate
     login_host: db.example.org
@@ -123,18 +123,23 @@ report:
     - "alerts     |            2 | 2026-11-01T10:00:00 | 2026-11-02T09:30:00"
 """
 
-import datetime
+# Imports follow the documentation, as Ansible wants them (ansible-test validate-modules).
+import datetime  # noqa: E402
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.claude_pg import (
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.claude_kit.stack.plugins.module_utils.claude_pg import (  # noqa: E402
     check_identifier,
     connect,
     pg_argument_spec,
     split_qualified,
     sql,
 )
-
-REPORT_COLUMNS = ("table_name", "record_count", "oldest_record", "newest_record")
+from ansible_collections.claude_kit.stack.plugins.module_utils.kit_module import (  # noqa: E402
+    VERIFICATION_COLUMNS,
+    KitModuleError,
+    end_module,
+    render_table,
+)
 
 
 def format_value(value):
@@ -153,106 +158,99 @@ def estimate_from_reltuples(reltuples):
     return int(round(reltuples))
 
 
-def render_report(rows):
-    """Rows (dicts with REPORT_COLUMNS) -> aligned text lines, counts right-aligned."""
-    cells = [list(REPORT_COLUMNS)]
-    for row in rows:
-        cells.append(["" if row.get(col) is None else str(row.get(col)) for col in REPORT_COLUMNS])
-    widths = [max(len(line[i]) for line in cells) for i in range(len(REPORT_COLUMNS))]
-    lines = []
-    for n, line in enumerate(cells):
-        parts = []
-        for i, cell in enumerate(line):
-            right = i == 1 and n > 0
-            parts.append(cell.rjust(widths[i]) if right else cell.ljust(widths[i]))
-        lines.append(" | ".join(parts).rstrip())
-    return lines
-
-
-def main():
-    argument_spec = pg_argument_spec()
-    argument_spec.update(
-        db=dict(type="str", required=True),
-        schema=dict(type="str", default="public"),
-        tables=dict(type="list", elements="str", default=[]),
-        mode=dict(type="str", default="exact", choices=["exact", "estimate"]),
-        timestamp_column=dict(type="str", default="created_at"),
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    params = module.params
+def check_options(params):
+    """(schema, [(schema, table)] asked for, timestamp column or ""), checked."""
     try:
         schema = check_identifier(params["schema"], "schema")
         wanted = [split_qualified(name, schema) for name in params["tables"]]
         ts_col = check_identifier(params["timestamp_column"], "timestamp_column") if params["timestamp_column"] else ""
     except ValueError as exc:
-        module.fail_json(msg=str(exc))
+        raise KitModuleError(str(exc)) from None
+    return schema, wanted, ts_col
 
+
+def list_tables(cur, schema):
+    """[(schema, table)] of the ordinary and partitioned tables of schema, by name."""
+    cur.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relkind IN ('r', 'p') ORDER BY c.relname",
+        (schema,),
+    )
+    return cur.fetchall()
+
+
+def table_facts(cur, db, tschema, table, ts_col):
+    """(reltuples, whether the table has ts_col); fails when the table does not exist."""
+    cur.execute(
+        "SELECT c.reltuples, EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid"
+        " AND a.attname = %s AND a.attnum > 0 AND NOT a.attisdropped)"
+        " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
+        (ts_col, tschema, table),
+    )
+    found = cur.fetchone()
+    if found is None:
+        raise KitModuleError(f"table {tschema}.{table} does not exist in database {db}")
+    return found[0], bool(ts_col) and found[1]
+
+
+def count_table(cur, ident, mode, reltuples, ts_col):
+    """(row count, oldest, newest) of a table; oldest and newest None without ts_col."""
+    col = sql.Identifier(ts_col) if ts_col else None
+    if mode == "exact":
+        select = [sql.SQL("count(*)")] + ([sql.SQL("min({c})").format(c=col), sql.SQL("max({c})").format(c=col)] if col else [])
+        cur.execute(sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(select), ident))
+        fetched = cur.fetchone()
+        return (fetched[0], fetched[1], fetched[2]) if col else (fetched[0], None, None)
+    oldest = newest = None
+    if col:  # min/max use an index on the column where there is one.
+        cur.execute(sql.SQL("SELECT min({c}), max({c}) FROM {t}").format(c=col, t=ident))
+        oldest, newest = cur.fetchone()
+    return estimate_from_reltuples(reltuples), oldest, newest
+
+
+def table_row(cur, params, tschema, table, label, ts_col):
+    reltuples, has_ts = table_facts(cur, params["db"], tschema, table, ts_col)
+    count, oldest, newest = count_table(cur, sql.Identifier(tschema, table), params["mode"], reltuples, ts_col if has_ts else "")
+    return dict(table_name=label, record_count=count, estimated=params["mode"] == "estimate",
+                oldest_record=format_value(oldest), newest_record=format_value(newest))
+
+
+def row_counts(module):
+    params = module.params
+    schema, wanted, ts_col = check_options(params)
     conn = connect(module, params["db"])
     conn.set_session(readonly=True)
     cur = conn.cursor()
     try:
-        if not wanted:
-            cur.execute(
-                "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE n.nspname = %s AND c.relkind IN ('r', 'p') ORDER BY c.relname",
-                (schema,),
-            )
-            wanted = cur.fetchall()
-            labels = [table for _schema, table in wanted]
-        else:
-            labels = list(params["tables"])
-
-        rows = []
-        for (tschema, table), label in zip(wanted, labels):
-            cur.execute(
-                "SELECT c.reltuples, EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid"
-                " AND a.attname = %s AND a.attnum > 0 AND NOT a.attisdropped)"
-                " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
-                (ts_col, tschema, table),
-            )
-            found = cur.fetchone()
-            if found is None:
-                module.fail_json(msg=f"table {tschema}.{table} does not exist in database {params['db']}")
-            reltuples, has_ts = found
-            has_ts = bool(ts_col) and has_ts
-            ident = sql.Identifier(tschema, table)
-            oldest = newest = None
-            if params["mode"] == "exact":
-                select = [sql.SQL("count(*)")]
-                if has_ts:
-                    select += [sql.SQL("min({})").format(sql.Identifier(ts_col)), sql.SQL("max({})").format(sql.Identifier(ts_col))]
-                cur.execute(sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(select), ident))
-                fetched = cur.fetchone()
-                count = fetched[0]
-                if has_ts:
-                    oldest, newest = fetched[1], fetched[2]
-            else:
-                count = estimate_from_reltuples(reltuples)
-                if has_ts:
-                    # min/max use an index on the column where there is one.
-                    col = sql.Identifier(ts_col)
-                    cur.execute(sql.SQL("SELECT min({c}), max({c}) FROM {t}").format(c=col, t=ident))
-                    oldest, newest = cur.fetchone()
-            rows.append(
-                dict(
-                    table_name=label,
-                    record_count=count,
-                    estimated=params["mode"] == "estimate",
-                    oldest_record=format_value(oldest),
-                    newest_record=format_value(newest),
-                )
-            )
+        labels = list(params["tables"]) if wanted else None
+        wanted = wanted or list_tables(cur, schema)
+        labels = labels or [table for _schema, table in wanted]
+        rows = [table_row(cur, params, tschema, table, label, ts_col) for (tschema, table), label in zip(wanted, labels)]
     finally:
         conn.rollback()
         conn.close()
-
-    module.exit_json(
+    return dict(
         changed=False,
         tables=rows,
         total_records=sum(row["record_count"] or 0 for row in rows),
-        report=render_report(rows),
+        report=render_table(VERIFICATION_COLUMNS, rows, right_aligned=("record_count",)),
     )
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            pg_argument_spec(),
+            db=dict(type="str", required=True),
+            schema=dict(type="str", default="public"),
+            tables=dict(type="list", elements="str", default=[]),
+            mode=dict(type="str", default="exact", choices=["exact", "estimate"]),
+            timestamp_column=dict(type="str", default="created_at"),
+        ),
+        supports_check_mode=True,
+    )
+    end_module(module, lambda: row_counts(module))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ options:
     type: str
     default: claude_kit.schema_migrations
 extends_documentation_fragment:
-  - claude_pg
+  - claude_kit.stack.claude_pg
 attributes:
   check_mode:
     support: full
@@ -56,7 +56,7 @@ requirements:
 
 EXAMPLES = r"""
 - name: Apply the schema as the owner role
-  pg_schema_migrate:
+  claude_kit.stack.pg_schema_migrate:
     path: /var/lib/claude-kit/schema
     db: claude_daemon
     owner_role: claude_owner
@@ -90,18 +90,20 @@ versions:
   sample: [1, 2]
 """
 
-import hashlib
-import os
-import re
+# Imports follow the documentation, as Ansible wants them (ansible-test validate-modules).
+import hashlib  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.claude_pg import (
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.claude_kit.stack.plugins.module_utils.claude_pg import (  # noqa: E402
     check_identifier,
     connect,
     pg_argument_spec,
     split_qualified,
     sql,
 )
+from ansible_collections.claude_kit.stack.plugins.module_utils.kit_module import KitModuleError, end_module  # noqa: E402
 
 BASELINE = "schema.sql"
 MIGRATION_RE = re.compile(r"^(\d{4})_([A-Za-z0-9_-]+)\.sql$")
@@ -109,7 +111,7 @@ MIGRATION_RE = re.compile(r"^(\d{4})_([A-Za-z0-9_-]+)\.sql$")
 ADVISORY_LOCK_KEY = 0x636C6B74  # "clkt"
 
 
-class PlanError(Exception):
+class PlanError(KitModuleError):
     """The files and the database disagree, or a file name is invalid."""
 
 
@@ -164,32 +166,97 @@ def plan(files, applied):
     return [entry for entry in files if entry[0] not in applied]
 
 
-def main():
-    argument_spec = pg_argument_spec()
-    argument_spec.update(
-        path=dict(type="path", required=True),
-        db=dict(type="str", required=True),
-        owner_role=dict(type="str", default=""),
-        tracking_table=dict(type="str", default="claude_kit.schema_migrations"),
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    params = module.params
-
+def read_files(params):
+    """[(version, name, filename, checksum, text)] of the directory's migrations, in order."""
+    if not os.path.isdir(params["path"]):
+        raise PlanError(f"path {params['path']} is not a directory")
+    files = []
     try:
-        track_schema, track_table = split_qualified(params["tracking_table"], "public")
-        owner = check_identifier(params["owner_role"], "owner_role") if params["owner_role"] else ""
-        if not os.path.isdir(params["path"]):
-            raise PlanError(f"path {params['path']} is not a directory")
-        files = []
         for version, name, filename in discover(sorted(os.listdir(params["path"]))):
             with open(os.path.join(params["path"], filename), encoding="utf-8") as handle:
                 text = handle.read()
             files.append((version, name, filename, checksum(text), text))
-    except (PlanError, ValueError, OSError, UnicodeDecodeError) as exc:
-        module.fail_json(msg=str(exc))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KitModuleError(str(exc)) from None
     if not files:
-        module.fail_json(msg=f"no {BASELINE} in {params['path']}")
+        raise KitModuleError(f"no {BASELINE} in {params['path']}")
+    return files
 
+
+def applied_versions(conn, cur, tracking, track_schema, track_table):
+    """(whether the tracking table exists, {version: checksum} it records)."""
+    cur.execute("SELECT to_regclass(%s)", (f'"{track_schema}"."{track_table}"',))
+    exists = cur.fetchone()[0] is not None
+    applied = {}
+    if exists:
+        cur.execute(sql.SQL("SELECT version, checksum FROM {}").format(tracking))
+        applied = dict(cur.fetchall())
+    conn.commit()
+    return exists, applied
+
+
+def create_tracking(conn, cur, tracking, track_schema, owner):
+    with conn:  # one transaction
+        cur.execute(
+            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}{}").format(
+                sql.Identifier(track_schema),
+                sql.SQL(" AUTHORIZATION {}").format(sql.Identifier(owner)) if owner else sql.SQL(""),
+            )
+        )
+        cur.execute(
+            sql.SQL(
+                "CREATE TABLE IF NOT EXISTS {} ("
+                " version integer PRIMARY KEY,"
+                " name text NOT NULL,"
+                " checksum char(64) NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now(),"
+                " applied_by text NOT NULL DEFAULT current_user)"
+            ).format(tracking)
+        )
+        if owner:
+            cur.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(tracking, sql.Identifier(owner)))
+
+
+def apply(conn, cur, tracking, owner, entry, result):
+    """Run one migration file and record it, in one transaction; a failure rolls both back."""
+    version, name, filename, digest, text = entry
+    try:
+        with conn:  # the migration and its tracking row commit together, or neither does
+            if owner:
+                cur.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(owner)))
+            cur.execute(text)
+            cur.execute(sql.SQL("INSERT INTO {} (version, name, checksum) VALUES (%s, %s, %s)").format(tracking), (version, name, digest))
+    except Exception as exc:  # psycopg2.Error, but also a SET ROLE failure
+        done = [a for a in result["applied"] if a["version"] < version]
+        raise KitModuleError(f"{filename} (version {version}) failed and was rolled back: {str(exc).strip()}",
+                             dict(applied=done, pending=result["pending"])) from None
+
+
+def pending_result(files, applied, exists):
+    """What the run applies (the module's result), or PlanError when the files and the database disagree."""
+    try:
+        pending = {p[0] for p in plan([f[:4] for f in files], applied)}
+    except PlanError as exc:
+        exc.result = dict(versions=[f[0] for f in files])
+        raise
+    todo = [f for f in files if f[0] in pending]
+    return todo, dict(
+        changed=bool(todo) or not exists,
+        pending=[f[0] for f in todo],
+        applied=[dict(version=f[0], name=f[1], file=f[2], checksum=f[3]) for f in todo],
+        versions=[f[0] for f in files],
+        current_version=max(f[0] for f in files),
+    )
+
+
+def migrate(module):
+    params = module.params
+    try:
+        track_schema, track_table = split_qualified(params["tracking_table"], "public")
+        owner = check_identifier(params["owner_role"], "owner_role") if params["owner_role"] else ""
+    except ValueError as exc:
+        raise KitModuleError(str(exc)) from None
+    files = read_files(params)
     tracking = sql.Identifier(track_schema, track_table)
     # Not autocommit: every `with conn:` below is one transaction.
     conn = connect(module, params["db"], autocommit=False)
@@ -197,72 +264,34 @@ def main():
     with conn:  # a session-level lock outlives this transaction
         cur.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
     try:
-        cur.execute("SELECT to_regclass(%s)", (f'"{track_schema}"."{track_table}"',))
-        exists = cur.fetchone()[0] is not None
-        applied = {}
-        if exists:
-            cur.execute(sql.SQL("SELECT version, checksum FROM {}").format(tracking))
-            applied = dict(cur.fetchall())
-        conn.commit()
-        try:
-            pending = plan([f[:4] for f in files], applied)
-        except PlanError as exc:
-            module.fail_json(msg=str(exc), versions=[f[0] for f in files])
-        pending_full = [f for f in files if f[0] in {p[0] for p in pending}]
-        result = dict(
-            changed=bool(pending_full) or not exists,
-            pending=[f[0] for f in pending_full],
-            applied=[dict(version=f[0], name=f[1], file=f[2], checksum=f[3]) for f in pending_full],
-            versions=[f[0] for f in files],
-            current_version=max([f[0] for f in files] if files else [0]),
-        )
+        exists, applied = applied_versions(conn, cur, tracking, track_schema, track_table)
+        todo, result = pending_result(files, applied, exists)
         if module.check_mode:
-            module.exit_json(**result)
-
+            return result
         if not exists:
-            with conn:  # one transaction
-                cur.execute(
-                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}{}").format(
-                        sql.Identifier(track_schema),
-                        sql.SQL(" AUTHORIZATION {}").format(sql.Identifier(owner)) if owner else sql.SQL(""),
-                    )
-                )
-                cur.execute(
-                    sql.SQL(
-                        "CREATE TABLE IF NOT EXISTS {} ("
-                        " version integer PRIMARY KEY,"
-                        " name text NOT NULL,"
-                        " checksum char(64) NOT NULL,"
-                        " applied_at timestamptz NOT NULL DEFAULT now(),"
-                        " applied_by text NOT NULL DEFAULT current_user)"
-                    ).format(tracking)
-                )
-                if owner:
-                    cur.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(tracking, sql.Identifier(owner)))
-
-        for version, name, filename, digest, text in pending_full:
-            try:
-                with conn:  # the migration and its tracking row commit together, or neither does
-                    if owner:
-                        cur.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(owner)))
-                    cur.execute(text)
-                    cur.execute(
-                        sql.SQL("INSERT INTO {} (version, name, checksum) VALUES (%s, %s, %s)").format(tracking),
-                        (version, name, digest),
-                    )
-            except Exception as exc:  # psycopg2.Error, but also a SET ROLE failure
-                done = [a for a in result["applied"] if a["version"] < version]
-                module.fail_json(
-                    msg=f"{filename} (version {version}) failed and was rolled back: {str(exc).strip()}",
-                    applied=done,
-                    pending=result["pending"],
-                )
+            create_tracking(conn, cur, tracking, track_schema, owner)
+        for entry in todo:
+            apply(conn, cur, tracking, owner, entry, result)
     finally:
         conn.rollback()
         conn.autocommit = True
         cur.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_LOCK_KEY,))
         conn.close()
-    module.exit_json(**result)
+    return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            pg_argument_spec(),
+            path=dict(type="path", required=True),
+            db=dict(type="str", required=True),
+            owner_role=dict(type="str", default=""),
+            tracking_table=dict(type="str", default="claude_kit.schema_migrations"),
+        ),
+        supports_check_mode=True,
+    )
+    end_module(module, lambda: migrate(module))
 
 
 if __name__ == "__main__":

@@ -114,6 +114,7 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.claude_kit.stack.plugins.module_utils.claude_pg import connect, pg_argument_spec, sql
+from ansible_collections.claude_kit.stack.plugins.module_utils.kit_module import KitModuleError, end_module
 
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 # Settings PostgreSQL flags GUC_LIST_QUOTE: ALTER SYSTEM quotes each element,
@@ -166,16 +167,16 @@ def comparable(name, items):
 
 
 def check_names(cur, names):
-    """Fail (ValueError) on a malformed name, or one PostgreSQL does not know, before any change."""
+    """Fail (KitModuleError) on a malformed name, or one PostgreSQL does not know, before any change."""
     bad = [name for name in names if not NAME_RE.match(name)]
     if bad:
-        raise ValueError(f"settings: {', '.join(sorted(bad))} not a valid setting name")
+        raise KitModuleError(f"settings: {', '.join(sorted(bad))} not a valid setting name")
     cur.execute("SELECT name FROM pg_settings WHERE name = ANY(%s)", (list(names),))
     known = {row[0] for row in cur.fetchall()}
     # Custom (dotted) settings of a library not yet loaded are not in pg_settings yet.
     unknown = sorted(name for name in names if name not in known and "." not in name)
     if unknown:
-        raise ValueError(f"settings: {', '.join(unknown)} unknown to this PostgreSQL server (pg_settings)")
+        raise KitModuleError(f"settings: {', '.join(unknown)} unknown to this PostgreSQL server (pg_settings)")
 
 
 def read_auto_conf(cur):
@@ -195,7 +196,7 @@ def read_state(path):
     except FileNotFoundError:
         return []
     except (OSError, ValueError) as exc:
-        raise ValueError(f"state_file {path}: cannot read it ({exc}); fix or remove it") from None
+        raise KitModuleError(f"state_file {path}: cannot read it ({exc}); fix or remove it") from None
     return [name for name in data.get("managed", []) if isinstance(name, str)]
 
 
@@ -273,11 +274,7 @@ def main():
         db=dict(type="str", default="postgres"),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    try:
-        result = run(module)
-    except ValueError as exc:
-        module.fail_json(msg=str(exc))
-    module.exit_json(**result)
+    end_module(module, lambda: run(module))
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ description:
   - A value that cannot be converted (invalid UTF-8, a NUL character, an unparsable date, text in an
     integer column, too many decimals, ...) rejects its whole row, and so does a row PostgreSQL
     refuses (a CHECK or foreign key constraint, a duplicate key). Each reject is reported with table,
-    key, column, value and reason, in C(rejects) (the first 100) and in the JSON file
-    C(reject_report) (all of them).
+    key, column, value and reason, and for a row PostgreSQL refused the constraint and its columns
+    (from the catalog), in C(rejects) (the first 100) and in the JSON file C(reject_report) (all of them).
   - With I(on_reject=fail) (default) any reject fails the task and nothing is committed; the report
     still lists every reject of the run. With I(on_reject=skip) the other rows are committed.
   - The whole run is one transaction, committed at the end. A failure or an interruption (killed
@@ -43,6 +43,8 @@ description:
   - In check mode, takes a temporary copy of I(src) (removed afterwards), normalises every row and
     reports tables, row counts, column type mapping and predicted conversion rejects, in a read-only
     transaction. Rows PostgreSQL itself would refuse are only found by a real run.
+  - With I(archive_source=true), once the run has committed, the source file is renamed so that
+    nothing serves it again (see I(archive_source)).
 version_added: "1.0.0"
 author: claude-kit maintainers
 options:
@@ -141,17 +143,30 @@ options:
         SHARE ROW EXCLUSIVE mode; I(mode=replace) truncates). C(0) waits for ever.
     type: int
     default: 60
+  archive_source:
+    description:
+      - Once the run has committed, rename I(src), and its C(-wal), C(-shm) and C(-journal) files where
+        they exist, to C(SRC.migrated-YYYYmmddTHHMMSSZ) (plus the same suffix), with the stamp of the backup
+        copy's name, in the same directory (an atomic rename). The daemon's SQLite file is also its fallback
+        store; once migrated it must not be served again. The new path is C(archived_path).
+      - Also when the run found every table already complete (I(mode=empty)) or every row already present
+        (I(mode=append)), since the file's rows are in PostgreSQL all the same. Never in check mode, never when
+        the run fails or rolls back (rejects with I(on_reject=fail)). A run after it finds no I(src) and fails.
+      - Fails, after the commit, if the new name is taken or the directory is not writable; the migrated
+        rows stay committed.
+    type: bool
+    default: false
 extends_documentation_fragment:
-  - claude_pg
+  - claude_kit.stack.claude_pg
 attributes:
   check_mode:
     support: full
-    description: Normalises every row and predicts the result; writes nothing to PostgreSQL and keeps no file.
+    description: Normalises every row and predicts the result; writes nothing to PostgreSQL, keeps no file and archives nothing.
   diff_mode:
     support: none
     description: The result lists what was (or would be) written instead.
 notes:
-  - Pass C(backup_path) of the result as I(src) of M(migration_verify) afterwards, to compare exactly the
+  - Pass C(backup_path) of the result as I(src) of M(claude_kit.stack.migration_verify) afterwards, to compare exactly the
     data that was migrated.
   - SQLite's own foreign keys are usually not enforced; rows whose parent is missing are rejected by
     PostgreSQL's foreign keys and show up in the report with PostgreSQL's message.
@@ -159,12 +174,12 @@ requirements:
   - psycopg2 on the managed host
   - Python 3.9 or later on the managed host
 seealso:
-  - module: migration_verify
+  - module: claude_kit.stack.migration_verify
 """
 
 EXAMPLES = r"""
 - name: Migrate the daemon's SQLite database into PostgreSQL
-  sqlite_to_postgres:
+  claude_kit.stack.sqlite_to_postgres:
     src: /var/lib/claude-daemon/claude-daemon.db
     db: claude_daemon
     backup_dir: /var/backups/claude-daemon
@@ -173,14 +188,23 @@ EXAMPLES = r"""
   register: migration
 
 - name: What would be migrated, and which rows would be rejected
-  sqlite_to_postgres:
+  claude_kit.stack.sqlite_to_postgres:
     src: /var/lib/claude-daemon/claude-daemon.db
     db: claude_daemon
   check_mode: true
   register: preview
 
+- name: Migrate, then rename the file so that the daemon cannot fall back to it
+  claude_kit.stack.sqlite_to_postgres:
+    src: /var/lib/claude-daemon/claude-daemon.db
+    db: claude_daemon
+    backup_dir: /var/backups/claude-daemon
+    archive_source: true
+  become: true
+  become_user: postgres
+
 - name: Add what the daemon wrote to its fallback file while PostgreSQL was down, as the app role
-  sqlite_to_postgres:
+  claude_kit.stack.sqlite_to_postgres:
     src: /var/lib/claude-daemon/claude-daemon.db
     db: claude_daemon
     mode: append
@@ -203,6 +227,11 @@ backup_sha256:
   returned: always
   type: str
   sample: 3a7bd3e2360a3d29eea436fcfb7e44c735d117c42d1c1835420b6b9942dd4f1b
+archived_path:
+  description: Where I(src) was renamed to (I(archive_source=true), after the commit); null when it was not.
+  returned: always
+  type: str
+  sample: /var/lib/claude-daemon/claude-daemon.db.migrated-20261126T194001Z
 tables:
   description: One entry per table, in the order migrated (foreign-key order).
   returned: always
@@ -264,20 +293,36 @@ rejects:
       description: Primary key of the row ({column, value}), or its SQLite rowid.
       type: dict
     column:
-      description: Column of the value, if known.
+      description: Column of the value; for a row PostgreSQL refused, the column of the constraint it broke
+        (null when the constraint has several columns, or none is known).
+      type: str
+    columns:
+      description: Every column concerned, the constraint's columns in order (empty when none is known).
+      type: list
+      elements: str
+    constraint:
+      description: The constraint (or unique index) that refused the row; null for conversion rejects and
+        for values PostgreSQL could not parse.
       type: str
     value:
-      description: The source value, repr, at most 200 characters.
+      description: The source value, repr, at most 200 characters (the values of the columns as a dict for a
+        constraint on several columns; the whole row when no column is known). C(b'...') only for text that
+        is not valid UTF-8, and for blobs.
       type: str
     reason:
       description: Why it was rejected.
       type: str
     stage:
-      description: C(conversion) (normalisation) or C(postgresql) (the server refused the row).
+      description: C(conversion) (normalisation), C(postgresql) (the server refused the row) or C(foreign_key)
+        (no parent row, found by the check after the load).
       type: str
   sample:
-    - {"table": "alerts", "key": {"id": "a-17"}, "column": "timestamp", "value": "'2026-02-30 10:00:00'",
-       "reason": "'2026-02-30 10:00:00' is not a valid date and time (day is out of range for month)", "stage": "conversion"}
+    - {"table": "alerts", "key": {"id": "a-17"}, "column": "timestamp", "columns": ["timestamp"], "constraint": null,
+       "value": "'2026-02-30 10:00:00'", "reason": "'2026-02-30 10:00:00' is not a valid date and time (day is out of range for month)",
+       "stage": "conversion"}
+    - {"table": "alerts", "key": {"id": "a-18"}, "column": "level", "columns": ["level"], "constraint": "alerts_level_check",
+       "value": "'critical'", "reason": "PostgreSQL refused the row: new row for relation \"alerts\" violates check constraint
+       \"alerts_level_check\" (Failing row contains ...)", "stage": "postgresql"}
 rejected_rows:
   description: Number of rejected rows.
   returned: always
@@ -314,306 +359,16 @@ seconds:
   type: float
 """
 
-import os
-import tempfile
-
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.claude_pg import check_identifier, connect, pg_argument_spec, psycopg2, sql
-from ansible.module_utils.migration_digest import digest_both
-from ansible.module_utils.migration_load import (
-    LoadError,
-    ParallelProducer,
-    Producer,
-    REBUILD_MIN_ROWS,
-    RejectLog,
-    TableLoader,
-    Timer,
-    advance_sequences,
-    can_check_keys_after,
-    check_foreign_keys,
-    chunk_ranges,
-    cpu_workers,
-    drop_secondary_indexes,
-    gc_paused,
-    now_utc,
-    produce,
-    rebuild_indexes,
-)
-from ansible.module_utils.migration_plan import PlanError, build_plans, configure_session
-from ansible.module_utils.migration_source import BackgroundHash, SourceError, backup, backup_name, open_readonly
+# Imports follow the documentation, as Ansible wants them (ansible-test validate-modules).
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+from ansible_collections.claude_kit.stack.plugins.module_utils.claude_pg import connect, pg_argument_spec  # noqa: E402
+from ansible_collections.claude_kit.stack.plugins.module_utils.kit_module import end_module  # noqa: E402
+from ansible_collections.claude_kit.stack.plugins.module_utils.migration_run import MigrationRun  # noqa: E402
 
 
-class MigrationFailed(Exception):
-    def __init__(self, msg, result):
-        super().__init__(msg)
-        self.msg = msg
-        self.result = result
-
-
-def _privileges(cur, plans, mode):
-    """Problems with the role's privileges, found before anything is written."""
-    problems, may_lock = [], True
-    for plan in plans:
-        cur.execute(
-            "SELECT has_table_privilege(%s::oid, 'INSERT'), has_table_privilege(%s::oid, 'SELECT'),"
-            " has_table_privilege(%s::oid, 'UPDATE') OR has_table_privilege(%s::oid, 'DELETE')"
-            " OR has_table_privilege(%s::oid, 'TRUNCATE'), has_table_privilege(%s::oid, 'TRUNCATE')",
-            (plan.oid,) * 6,
-        )
-        may_insert, may_select, lockable, may_truncate = cur.fetchone()
-        if not may_insert or not may_select:
-            problems.append(f"role {cur.connection.info.user} may not INSERT into and SELECT from table {plan.label}")
-        if mode == "replace" and not may_truncate:
-            problems.append(f"mode=replace needs TRUNCATE on table {plan.label}, which role {cur.connection.info.user} lacks")
-        may_lock = may_lock and lockable
-        for column, sequence in plan.serials:
-            cur.execute(
-                "SELECT has_sequence_privilege(%s, 'UPDATE') OR has_sequence_privilege(%s, 'USAGE'),"
-                " has_sequence_privilege(%s, 'SELECT')",
-                (sequence,) * 3,
-            )
-            advance, read = cur.fetchone()
-            if not (advance and read):
-                problems.append(f"sequence {sequence} of {plan.label}.{column} needs SELECT and UPDATE or USAGE")
-        if mode == "append" and (not plan.pk or plan.pk_unmatched):
-            problems.append(f"mode=append needs a primary key that the SQLite table has as well; table {plan.label} has none")
-    return problems, may_lock
-
-
-def _table_entry(plan, status):
-    return {
-        "table": plan.label,
-        "status": status,
-        "rows_read": 0,
-        "rows_written": 0,
-        "rows_skipped": 0,
-        "rows_rejected": 0,
-        "seconds": 0.0,
-        "indexes_rebuilt": [],
-        "workers": 1,
-        "columns": plan.mapping(),
-        "missing_columns": plan.missing,
-        "extra_columns": plan.extra,
-    }
-
-
-def migrate(params, conn, check_mode=False, warn=None):
-    """The migration; returns the result or raises MigrationFailed. conn: a fresh psycopg2 connection."""
-    timer = Timer()
-    warn = warn or (lambda msg: None)
-    result = dict(changed=False, backup_path=None, backup_sha256=None, tables=[], rejects=[], rejected_rows=0,
-                  reject_report=None, sequences=[], rows_written=0, plan_warnings=[], seconds=0.0,
-                  mode=params["mode"], on_reject=params["on_reject"], foreign_key_check=None, foreign_key_check_reason=None)
-    src = params["src"]
-    mode = params["mode"]
-    if not os.path.isfile(src):
-        raise MigrationFailed(f"SQLite file {src} does not exist", result)
-    try:
-        check_identifier(params["schema"], "schema")
-    except ValueError as exc:
-        raise MigrationFailed(str(exc), result) from None
-    if params["workers"] < 0:
-        raise MigrationFailed(f"workers must be 0 (as many as CPUs) or more, not {params['workers']}", result)
-    backup_dir = params.get("backup_dir") or os.path.dirname(os.path.abspath(src))
-    if not os.path.isdir(backup_dir):
-        raise MigrationFailed(f"backup_dir {backup_dir} is not a directory", result)
-
-    if check_mode:
-        conn.set_session(readonly=True)
-    cur = conn.cursor()
-    rejects = None
-    snapshot = None
-    sconn = None
-    hasher = None
-    try:
-        configure_session(cur)
-        # 1. The consistent copy (the guide's step 1), and reading from it only.
-        if check_mode:
-            handle, snapshot = tempfile.mkstemp(dir=backup_dir, prefix=f".{os.path.basename(src)}.check-")
-            os.close(handle)
-        else:
-            snapshot = backup_name(src, backup_dir)
-            result["backup_path"] = snapshot
-        backup(src, snapshot, digest=False)
-        hasher = BackgroundHash(snapshot)  # joined in finally: below
-        sconn = open_readonly(snapshot, immutable=True)
-
-        # 2. Plan and checks: every problem is reported before anything is written.
-        plans, warnings = build_plans(cur, sconn, params["schema"], params["tables"])
-        for message in warnings:
-            result["plan_warnings"].append(message)
-            warn(message)
-        problems, may_lock = _privileges(cur, plans, mode)
-        if problems:
-            raise PlanError(problems)
-        timeout = f"{int(params['lock_timeout'])}s" if params["lock_timeout"] else "0"
-        cur.execute("SELECT set_config('lock_timeout', %s, true)", (timeout,))
-        idents = sql.SQL(", ").join(plan.ident for plan in plans)
-        locked = set()
-        if mode == "empty" and not check_mode:
-            lock = "SHARE ROW EXCLUSIVE" if may_lock else "ROW EXCLUSIVE"
-            if not may_lock:
-                message = "the role may not lock the tables against concurrent writers (that needs UPDATE or DELETE on them)"
-                result["plan_warnings"].append(message)
-                warn(message)
-            cur.execute(sql.SQL("LOCK TABLE {} IN " + lock + " MODE").format(idents))
-            if may_lock:
-                locked = {(plan.schema, plan.table) for plan in plans}
-        keys_after = False
-        if params["foreign_key_check"] == "auto" and not check_mode:
-            keys_after, why_not = can_check_keys_after(cur, plans)
-        else:
-            why_not = "check mode" if check_mode else "foreign_key_check=per_row"
-        result["foreign_key_check"] = "after_load" if keys_after else "per_row"
-        result["foreign_key_check_reason"] = None if keys_after else why_not
-
-        entries = {plan.label: _table_entry(plan, "would_load" if check_mode else "loaded") for plan in plans}
-        result["tables"] = [entries[plan.label] for plan in plans]
-        complete = set()
-        if mode == "empty":
-            busy = []
-            for plan in plans:
-                cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(plan.ident))
-                if not cur.fetchone()[0]:
-                    continue
-                side, (count, total, _mm, _x) = digest_both(cur, sconn, plan)
-                same = side.count == count and side.total == total and (not side.rejected or params["on_reject"] == "skip")
-                if same:
-                    complete.add(plan.label)
-                    entry = entries[plan.label]
-                    entry.update(status="already_complete", rows_read=side.rows_read, rows_skipped=side.count, rows_rejected=side.rejected)
-                else:
-                    busy.append(f"{plan.label} ({count} rows in PostgreSQL, {side.count} in SQLite)")
-            if busy:
-                raise PlanError([
-                    "mode=empty: these tables hold rows that differ from the SQLite data: " + ", ".join(busy)
-                    + ". Nothing was written. Use mode=append to add the missing rows, or mode=replace to reload them"
-                ])
-
-        # 3. Load, table by table, in one transaction.
-        report_path = None
-        if not check_mode:
-            report_path = params.get("reject_report") or snapshot + ".rejects.json"
-        rejects = RejectLog(report_path, {
-            "generated_at": now_utc(), "source": os.path.abspath(src), "backup": result["backup_path"],
-            "backup_sha256": hasher.result, "database": params["db"], "mode": mode, "on_reject": params["on_reject"],
-        })
-        if mode == "replace" and not check_mode:
-            cur.execute(sql.SQL("TRUNCATE {}").format(idents))
-            locked = {(plan.schema, plan.table) for plan in plans}
-            result["changed"] = True
-        if keys_after:
-            cur.execute("SELECT set_config('session_replication_role', 'replica', true)")
-        workers = cpu_workers(params["workers"])
-        for plan in plans:
-            if plan.label in complete:
-                continue
-            table_timer = Timer()
-            entry = entries[plan.label]
-            loader = TableLoader(cur, plan, rejects, mode, dry_run=check_mode)
-            append = mode == "append"
-            extent = plan.extent(sconn)
-            ranges = chunk_ranges(extent) if workers > 1 else None
-            dropped = []
-            if (params["rebuild_indexes"] == "auto" and not check_mode and mode in ("empty", "replace")
-                    and extent[2] >= REBUILD_MIN_ROWS):
-                # Empty here: mode=empty checked it (complete tables are skipped above), replace truncated.
-                dropped = drop_secondary_indexes(cur, plan)
-            if ranges:
-                producer = ParallelProducer(plan, snapshot, ranges, workers, want_lines=append, want_keys=append,
-                                            close_fds=[conn.fileno()])
-                entry["workers"] = workers
-            else:
-                producer = Producer(produce(plan, sconn, want_lines=append, want_keys=append))
-            try:
-                loader.run(producer)
-            finally:
-                producer.close()
-            removed = check_foreign_keys(cur, plan, rejects, locked) if keys_after and plan.foreign_keys else 0
-            entry["indexes_rebuilt"] = rebuild_indexes(cur, dropped)
-            entry.update(rows_read=loader.read, rows_written=loader.written - removed, rows_skipped=loader.skipped,
-                         rows_rejected=loader.rejected + removed, seconds=table_timer.seconds)
-        result["rows_written"] = sum(entry["rows_written"] for entry in result["tables"])
-        result["rejects"] = rejects.kept
-        result["rejected_rows"] = rejects.total_rows
-
-        if keys_after:
-            cur.execute("SELECT set_config('session_replication_role', 'origin', true)")
-        failing = result["rejected_rows"] and params["on_reject"] == "fail"
-        if failing or check_mode:
-            conn.rollback()
-        else:
-            # 4. Sequences past the migrated ids, the copy's sha256 (a failure here still
-            # rolls back), then the one commit.
-            for plan in plans:
-                if plan.label not in complete:
-                    result["sequences"].extend(advance_sequences(cur, plan))
-            result["backup_sha256"] = hasher.result()
-            conn.commit()
-        if failing:
-            result["changed"] = False
-        elif check_mode:
-            result["changed"] = bool(result["rows_written"]) or (mode == "replace" and _any_rows(cur, plans))
-        else:
-            result["changed"] = result["changed"] or bool(result["rows_written"])
-        result["backup_sha256"] = hasher.result()
-        result["seconds"] = timer.seconds
-        result["reject_report"] = rejects.close({"rejected_rows": result["rejected_rows"], "rows_written": result["rows_written"],
-                                                "committed": not failing and not check_mode})
-        if failing:
-            first = result["rejects"][0]
-            where = (f"Every reject is in {result['reject_report']}" if result["reject_report"]
-                     else "Check mode writes no report file; the first 100 rejects are in the result")
-            raise MigrationFailed(
-                f"{result['rejected_rows']} rows cannot be migrated, so nothing {'would be' if check_mode else 'was'} written"
-                f" (on_reject=fail). First: table {first['table']}, key {first['key']}, column {first['column']},"
-                f" value {first['value']}: {first['reason']}. {where}",
-                result,
-            )
-        return result
-    except MigrationFailed:
-        raise
-    except PlanError as exc:
-        _abort(conn, rejects)
-        raise MigrationFailed("; ".join(exc.problems), result) from None
-    except (SourceError, LoadError) as exc:
-        _abort(conn, rejects)
-        raise MigrationFailed(str(exc), result) from None
-    except psycopg2.Error as exc:
-        _abort(conn, rejects)
-        raise MigrationFailed(f"PostgreSQL error, nothing was written: {str(exc).strip()}", result) from None
-    finally:
-        if hasher is not None and result["backup_sha256"] is None:
-            try:
-                result["backup_sha256"] = hasher.result()
-            except SourceError:
-                pass  # the run failed already; its own error is the one to report
-        if sconn is not None:
-            sconn.close()
-        if check_mode and snapshot and os.path.exists(snapshot):
-            os.unlink(snapshot)
-
-
-def _any_rows(cur, plans):
-    for plan in plans:
-        cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(plan.ident))
-        if cur.fetchone()[0]:
-            return True
-    return False
-
-
-def _abort(conn, rejects):
-    try:
-        conn.rollback()
-    except Exception:  # the connection may be gone; nothing was committed either way
-        pass
-    if rejects is not None:
-        rejects.abandon()
-
-
-def main():
-    argument_spec = pg_argument_spec()
-    argument_spec.update(
+def argument_spec():
+    spec = pg_argument_spec()
+    spec.update(
         src=dict(type="path", required=True, aliases=["path"]),
         db=dict(type="str", required=True),
         schema=dict(type="str", default="public"),
@@ -626,17 +381,22 @@ def main():
         foreign_key_check=dict(type="str", default="auto", choices=["auto", "per_row"]),
         rebuild_indexes=dict(type="str", default="auto", choices=["auto", "never"]),
         workers=dict(type="int", default=0),
+        archive_source=dict(type="bool", default=False),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    return spec
+
+
+def migrate(module):
     conn = connect(module, module.params["db"])
     try:
-        with gc_paused():
-            result = migrate(module.params, conn, check_mode=module.check_mode, warn=module.warn)
-    except MigrationFailed as exc:
-        module.fail_json(msg=exc.msg, **exc.result)
+        return MigrationRun(module.params, conn, check_mode=module.check_mode, warn=module.warn).run()
     finally:
         conn.close()
-    module.exit_json(**result)
+
+
+def main():
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    end_module(module, lambda: migrate(module))
 
 
 if __name__ == "__main__":

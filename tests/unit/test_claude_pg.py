@@ -1,7 +1,7 @@
 """claude_pg: connection arguments and identifier checks."""
 
 import pytest
-from ansible.module_utils import claude_pg
+from ansible_collections.claude_kit.stack.plugins.module_utils import claude_pg
 
 
 def params(**overrides):

@@ -5,9 +5,10 @@ import random
 
 import pytest
 
-from ansible.module_utils import migration_digest as md
-from ansible.module_utils import migration_load as ml
-from ansible.module_utils import migration_plan as mp
+from ansible_collections.claude_kit.stack.plugins.module_utils import migration_copy as mc
+from ansible_collections.claude_kit.stack.plugins.module_utils import migration_digest as md
+from ansible_collections.claude_kit.stack.plugins.module_utils import migration_plan as mp
+from ansible_collections.claude_kit.stack.plugins.module_utils import migration_workers as mw
 
 
 def test_fk_order_puts_parents_first():
@@ -40,9 +41,9 @@ def test_row_hashes_are_order_independent_and_sensitive():
 
 
 def test_reject_log_writes_every_reject_and_keeps_the_first(tmp_path, monkeypatch):
-    monkeypatch.setattr(ml, "KEEP_IN_RESULT", 3)
+    monkeypatch.setattr(mc, "KEEP_IN_RESULT", 3)
     path = str(tmp_path / "r.json")
-    log = ml.RejectLog(path, {"source": "/x.db", "mode": "empty"})
+    log = mc.RejectLog(path, {"source": "/x.db", "mode": "empty"})
     for n in range(5):
         log.add("alerts", {"id": f"a{n}"}, "timestamp", repr("2024-02-30"), "not a valid date ü", "conversion")
         log.count_row("alerts")
@@ -58,10 +59,10 @@ def test_reject_log_writes_every_reject_and_keeps_the_first(tmp_path, monkeypatc
 
 def test_empty_reject_log_is_valid_json(tmp_path):
     path = str(tmp_path / "r.json")
-    log = ml.RejectLog(path, {"source": "s"})
+    log = mc.RejectLog(path, {"source": "s"})
     log.close({})
     assert json.load(open(path))["rejects"] == []
-    assert ml.RejectLog(None, {}).close({}) is None
+    assert mc.RejectLog(None, {}).close({}) is None
 
 
 class FakeDiag:
@@ -77,15 +78,15 @@ class FakeError(Exception):
 
 
 def test_copy_error_location():
-    assert ml._where(FakeError('COPY alerts, line 17, column level: "critical"')) == (17, "level")
-    assert ml._where(FakeError("COPY usage_data, line 3")) == (3, None)
-    assert ml._where(FakeError(None)) == (None, None)
-    assert ml._row_level(FakeError("", "23503")) and ml._row_level(FakeError("", "22P02"))
-    assert not ml._row_level(FakeError("", "42501")) and not ml._row_level(FakeError("", "57014"))
+    assert mc._where(FakeError('COPY alerts, line 17, column level: "critical"')) == (17, "level")
+    assert mc._where(FakeError("COPY usage_data, line 3")) == (3, None)
+    assert mc._where(FakeError(None)) == (None, None)
+    assert mc._row_level(FakeError("", "23503")) and mc._row_level(FakeError("", "22P02"))
+    assert not mc._row_level(FakeError("", "42501")) and not mc._row_level(FakeError("", "57014"))
 
 
 def test_chunk_reader_hands_out_chunks_then_eof():
-    reader = ml._Chunks([b"a\n", b"b\n"])
+    reader = mc._Chunks([b"a\n", b"b\n"])
     assert [reader.read(8192), reader.read(8192), reader.read(8192)] == [b"a\n", b"b\n", b""]
 
 
@@ -95,7 +96,7 @@ def test_producer_passes_errors_and_stops():
         yield 2
         raise ValueError("source broke")
 
-    producer = ml.Producer(gen(), maxsize=1)
+    producer = mw.Producer(gen(), maxsize=1)
     seen = []
     with pytest.raises(ValueError, match="source broke"):
         for item in producer:
@@ -109,7 +110,7 @@ def test_producer_passes_errors_and_stops():
             n += 1
             yield n
 
-    producer = ml.Producer(endless(), maxsize=2)
+    producer = mw.Producer(endless(), maxsize=2)
     first = next(iter(producer))
     producer.close()  # the helper thread ends although the generator would not
     assert first == 1 and not producer._thread.is_alive()
@@ -144,8 +145,9 @@ def test_ansible_doc_renders(module):
     import sys
 
     from conftest import ROOT
+    from test_sqlite_to_postgres_pg import ansible_env
 
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"))
+    env = ansible_env()
     out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-doc"), "-M", str(ROOT / "plugins" / "modules"), module],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

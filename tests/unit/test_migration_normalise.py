@@ -5,8 +5,9 @@ import random
 
 import pytest
 
-from ansible.module_utils import migration_normalise as mn
-from ansible.module_utils.migration_normalise import Reject
+from ansible_collections.claude_kit.stack.plugins.module_utils import migration_encoding as me
+from ansible_collections.claude_kit.stack.plugins.module_utils import migration_normalise as mn
+from ansible_collections.claude_kit.stack.plugins.module_utils.migration_normalise import Reject
 
 
 def conv(base, typmod=-1, notnull=False, labels=None):
@@ -257,8 +258,8 @@ def test_invalid_utf8_and_nul_are_rejected():
 def test_text_escaping_for_copy():
     text = conv("text")
     assert ok(text, "a\tb\nc\\d\re\bf\fg\vh") == "a\\tb\\nc\\\\d\\re\\bf\\fg\\vh"
-    assert mn.copy_unescape(ok(text, "a\tb\nc\\d\re\bf\fg\vh")) == "a\tb\nc\\d\re\bf\fg\vh"
-    assert mn.copy_unescape("\\N") is None
+    assert me.copy_unescape(ok(text, "a\tb\nc\\d\re\bf\fg\vh")) == "a\tb\nc\\d\re\bf\fg\vh"
+    assert me.copy_unescape("\\N") is None
 
 
 def test_numbers_in_text_columns_and_blobs():
@@ -367,12 +368,6 @@ def test_a_row_with_two_bad_values_reports_both():
     batch = mn.normalise_batch([conv("int4"), conv("bool")], [("x", "maybe"), (1, 1)])
     assert batch.lines == ["1\tt"]
     assert [c for c, _v, _r in batch.bad[0]] == [0, 1]
-
-
-def test_show_value_truncates():
-    assert mn.show_value("x" * 500).endswith("...")
-    assert len(mn.show_value("x" * 500)) == mn.REJECT_VALUE_CHARS
-    assert mn.show_value(bytearray(b"\xff")) == "b'\\xff'"
 
 
 # -- the fast paths give exactly what the rules give -------------------------------------
@@ -489,11 +484,6 @@ def test_json_for_loading_accepts_and_rejects_exactly_what_the_digest_form_does(
             rejected(loading, text)
             continue
         token = loading.slow(text)
-        assert mn.copy_unescape(token) == text  # loaded as written; PostgreSQL reads it as the canonical form
+        assert me.copy_unescape(token) == text  # loaded as written; PostgreSQL reads it as the canonical form
         if base == "json":
             assert token == expected
-
-
-def test_escape_column_matches_copy_escape():
-    texts = ["a\tb\\c\nd", "plain", "\x0b\x08\x0c\r", "", "\\\\n"]
-    assert mn.escape_column(texts) == [mn.copy_escape(t) for t in texts]

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from ansible.module_utils import migration_source as ms
+from ansible_collections.claude_kit.stack.plugins.module_utils import migration_source as ms
 
 
 def make_db(path, rows=50):
@@ -127,3 +127,25 @@ def test_rowid_alias_avoids_shadowing_columns(tmp_path):
     assert ms.list_tables(ro) == ['we"ird']
     assert ms.table_columns(ro, 'we"ird') == [("rowid", "TEXT", 0), ("x", "INT", 0)]
     assert ms.quote_sqlite('we"ird') == '"we""ird"'
+
+
+def test_archive_renames_the_file_and_its_companions_together(tmp_path):
+    src = tmp_path / "d.db"
+    for name in ("d.db", "d.db-wal", "d.db-shm"):
+        (tmp_path / name).write_text(name)
+    stamp = ms.utc_stamp()
+    assert ms.backup_name(str(src), str(tmp_path), stamp).endswith(f"d.db.{stamp}.backup")
+    target = ms.archive(str(src), stamp)
+    assert target == f"{src}.migrated-{stamp}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"d.db.migrated-{stamp}{end}" for end in ("", "-wal", "-shm"))
+    assert (tmp_path / f"d.db.migrated-{stamp}-wal").read_text() == "d.db-wal"  # each companion beside its file
+
+
+def test_archive_replaces_nothing(tmp_path):
+    src = tmp_path / "d.db"
+    src.write_text("db")
+    (tmp_path / "d.db-journal").write_text("hot journal")
+    (tmp_path / "d.db.migrated-X-journal").write_text("older")
+    with pytest.raises(ms.SourceError, match="exists already"):
+        ms.archive(str(src), "X")
+    assert src.read_text() == "db" and (tmp_path / "d.db-journal").exists()  # nothing renamed

@@ -4,21 +4,15 @@ import sqlite3
 
 import pytest
 from conftest import load
-from test_sqlite_to_postgres_pg import (  # noqa: F401 - fixtures used by name
-    USAGE,
-    _bad_source,
-    ansible,
-    app_role,
-    connect,
-    generated_source,
-    make_source,
-    migrate,
-    pg_db,
-    pg_template,
-    query,
-)
+import test_sqlite_to_postgres_pg as base
+from test_sqlite_to_postgres_pg import USAGE, _bad_source, ansible, connect, generated_source, make_source, migrate, query
+
+from ansible_collections.claude_kit.stack.plugins.module_utils import migration_digest as md
+from ansible_collections.claude_kit.stack.plugins.module_utils.kit_module import KitModuleError
 
 ver = load("plugins/modules/migration_verify.py", "migration_verify")
+# The fixtures of test_sqlite_to_postgres_pg, which pytest finds here by name.
+pg_template, pg_db, app_role = base.pg_template, base.pg_db, base.app_role
 
 
 def vparams(src, db, pg, **over):
@@ -37,7 +31,7 @@ def verify(pg, db, src, user="postgres", **over):
 
 
 def verify_fails(pg, db, src, **over):
-    with pytest.raises(ver.VerifyFailed) as info:
+    with pytest.raises(KitModuleError) as info:
         verify(pg, db, src, **over)
     return info.value
 
@@ -191,7 +185,7 @@ def test_every_supported_type_round_trips_and_verifies(pg_db, pg_server, tmp_pat
         cur = conn.cursor()
         cur.execute(f"UPDATE kinds SET {column} = {new} WHERE id = 1")
         conn.commit()
-        with pytest.raises(ver.VerifyFailed) as info:
+        with pytest.raises(KitModuleError) as info:
             verify(pg_server, pg_db, src, tables=["kinds"])
         diff = tables(info.value.result)["kinds"]["differences"]
         assert [d["key"] for d in diff] == [{"id": "1"}] and [c["column"] for c in diff[0]["columns"]] == [column], (column, diff)
@@ -245,10 +239,8 @@ def test_verify_through_ansible(pg_db, pg_server, tmp_path):
 
 
 def test_large_tables_are_read_in_parallel_parts(pg_db, pg_server, tmp_path, monkeypatch):
-    from ansible.module_utils import migration_digest as md
-
     monkeypatch.setattr(md, "PARALLEL_MIN_ROWS", 100)
-    monkeypatch.setattr(ver, "workers", lambda: 3)
+    monkeypatch.setattr(ver, "cpu_workers", lambda *args, **kwargs: 3)
     split = []
     real_plan = md.plan_tasks
     monkeypatch.setattr(md, "plan_tasks", lambda *a, **k: split.append(real_plan(*a, **k)) or split[-1])

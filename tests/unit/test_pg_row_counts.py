@@ -4,6 +4,8 @@ import datetime
 
 from conftest import load
 
+from ansible_collections.claude_kit.stack.plugins.module_utils.kit_module import VERIFICATION_COLUMNS, render_table
+
 rc = load("plugins/modules/pg_row_counts.py", "pg_row_counts")
 
 
@@ -22,11 +24,14 @@ def test_estimate_from_reltuples():
 
 
 def test_render_report_aligns_columns():
-    lines = rc.render_report(
+    # pg_row_counts and migration_verify print the guide's table with exactly these arguments.
+    lines = render_table(
+        VERIFICATION_COLUMNS,
         [
             {"table_name": "usage_data", "record_count": 1000000, "oldest_record": "2026-01-01T00:00:00", "newest_record": "2026-11-01T00:00:00"},
             {"table_name": "alerts", "record_count": 7, "oldest_record": None, "newest_record": None},
-        ]
+        ],
+        right_aligned=("record_count",),
     )
     assert lines[0].split(" | ") == ["table_name", "record_count", "oldest_record      ", "newest_record"]
     assert lines[1] == "usage_data |      1000000 | 2026-01-01T00:00:00 | 2026-11-01T00:00:00"

@@ -122,6 +122,6 @@ def test_against_postgresql_set_idempotent_reset_and_hand_made(pg_server, server
 
 def test_against_postgresql_unknown_name_changes_nothing(pg_server, server_params):
     params = dict(server_params, settings={"work_mem": "7MB", "wrok_mem": "1MB"})
-    with pytest.raises(ValueError, match="wrok_mem"):
+    with pytest.raises(ps.KitModuleError, match="wrok_mem"):
         ps.run(FakeModule(params))
     assert file_value(pg_server, "work_mem") == ""

@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import json
 import os
+import pathlib
 import signal
 import sqlite3
 import subprocess
@@ -17,9 +18,13 @@ import time
 
 import psycopg2
 import pytest
-from conftest import ROOT, load
+from conftest import ROOT
 
-mig = load("plugins/modules/sqlite_to_postgres.py", "sqlite_to_postgres")
+from ansible_collections.claude_kit.stack.plugins.module_utils import migration_copy as mc
+from ansible_collections.claude_kit.stack.plugins.module_utils import migration_ddl as ddl
+from ansible_collections.claude_kit.stack.plugins.module_utils import migration_run as mig
+from ansible_collections.claude_kit.stack.plugins.module_utils import migration_workers as mw
+from ansible_collections.claude_kit.stack.plugins.module_utils.kit_module import KitModuleError
 
 TEMPLATE = "kit_migration_template"
 _counter = itertools.count(1)
@@ -98,7 +103,8 @@ def pg_db(pg_template):
 def params(src, db, pg, **over):
     out = dict(
         src=src, db=db, schema="public", tables=[], mode="empty", on_reject="fail", backup_dir=None, reject_report=None,
-        lock_timeout=60, foreign_key_check="auto", rebuild_indexes="auto", workers=0, login_user="postgres", login_password="", login_host="", login_unix_socket=pg.dir,
+        lock_timeout=60, foreign_key_check="auto", rebuild_indexes="auto", workers=0, archive_source=False,
+        login_user="postgres", login_password="", login_host="", login_unix_socket=pg.dir,
         login_port=pg.port, ssl_mode="prefer", ca_cert=None, ssl_cert=None, ssl_key=None, connect_timeout=10,
     )
     out.update(over)
@@ -118,7 +124,7 @@ def migrate(pg, db, src, check_mode=False, user="postgres", **over):
 
 
 def migrate_fails(pg, db, src, check_mode=False, **over):
-    with pytest.raises(mig.MigrationFailed) as info:
+    with pytest.raises(KitModuleError) as info:
         migrate(pg, db, src, check_mode=check_mode, **over)
     return info.value
 
@@ -258,12 +264,13 @@ def _bad_source(path):
 
 EXPECTED_REJECTS = {
     ("usage_data", 6, "timestamp"), ("usage_data", 7, "tokens_used"), ("usage_data", 8, "cost_usd"),
-    ("usage_data", 9, "session_id"), ("alerts", "a-4", None), ("alerts", "a-5", "metadata"),
+    ("usage_data", 9, "session_id"), ("alerts", "a-4", "level"), ("alerts", "a-5", "metadata"),
     ("alerts", "a-6", "acknowledged"), ("alerts", "a-7", "title"), ("alerts", "a-8", "title"),
 }
-# The row whose user does not exist: PostgreSQL's per-row check does not name the column; the
-# set-based check after the load (as a superuser, foreign_key_check=auto) does.
-FK_REJECT = {"per_row": ("usage_data", 10, None), "auto": ("usage_data", 10, "user_id")}
+# The row whose user does not exist: PostgreSQL's per-row check names the constraint, whose column
+# comes from the catalog; the set-based check after the load (as a superuser, foreign_key_check=auto)
+# names it itself.
+FK_REJECT = {"per_row": ("usage_data", 10, "user_id"), "auto": ("usage_data", 10, "user_id")}
 FK_STAGE = {"per_row": "postgresql", "auto": "foreign_key"}
 
 
@@ -291,6 +298,54 @@ def test_rejects_fail_the_run_and_nothing_is_written(pg_db, pg_server, tmp_path,
     assert by_key[("usage_data", 9)]["value"].endswith("...")  # truncated repr
     # the sequences were not touched
     assert query(pg_server, pg_db, "SELECT last_value, is_called FROM usage_data_id_seq")[0] == (1, False)
+
+
+@pytest.mark.parametrize("fk_check", ["auto", "per_row"])
+def test_refused_rows_name_the_constraint_and_its_columns(pg_db, pg_server, tmp_path, fk_check):
+    src = _bad_source(tmp_path / "daemon.db")
+    failed = migrate_fails(pg_server, pg_db, src, foreign_key_check=fk_check)
+    by_key = {(r["table"], list(r["key"].values())[0]): r for r in json.load(open(failed.result["reject_report"]))["rejects"]}
+    check = by_key[("alerts", "a-4")]  # level 'critical': the CHECK constraint, whose column the catalog knows
+    assert (check["stage"], check["column"], check["columns"], check["constraint"]) == ("postgresql", "level", ["level"], "alerts_level_check")
+    assert check["value"] == "'critical'"
+    orphan = by_key[("usage_data", 10)]  # no user 42: the foreign key, checked per row or after the load
+    assert (orphan["column"], orphan["columns"], orphan["constraint"]) == ("user_id", ["user_id"], "usage_data_user_id_fkey")
+    assert orphan["value"] == "'42'"
+    converted = by_key[("usage_data", 6)]  # a conversion reject: its column, no constraint
+    assert (converted["column"], converted["columns"], converted["constraint"]) == ("timestamp", ["timestamp"], None)
+    assert {"columns", "constraint"} <= set(failed.result["rejects"][0])  # in the result too
+
+
+def test_unique_and_multi_column_constraints_are_named(pg_db, pg_server, tmp_path):
+    pg_server.psql("CREATE TABLE pairs (id int PRIMARY KEY, a int, b int, CONSTRAINT pairs_order CHECK (a < b));"
+                   " CREATE UNIQUE INDEX pairs_a_once ON pairs (a)", pg_db)
+    src = str(tmp_path / "pairs.db")
+    conn = sqlite3.connect(src)
+    conn.execute("CREATE TABLE pairs (id INTEGER PRIMARY KEY, a INTEGER, b INTEGER)")
+    conn.executemany("INSERT INTO pairs VALUES (?, ?, ?)", [(1, 1, 2), (2, 5, 3), (3, 1, 9)])
+    conn.commit()
+    conn.close()
+    result = migrate(pg_server, pg_db, src, tables=["pairs"], on_reject="skip")
+    found = {r["key"]["id"]: r for r in result["rejects"]}
+    assert (found[2]["constraint"], found[2]["columns"], found[2]["column"]) == ("pairs_order", ["a", "b"], None)
+    assert found[2]["value"] == repr({"a": "5", "b": "3"})
+    assert (found[3]["constraint"], found[3]["columns"], found[3]["column"]) == ("pairs_a_once", ["a"], "a")
+    assert query(pg_server, pg_db, "SELECT id FROM pairs") == [(1,)]
+
+
+def test_text_that_is_utf8_is_shown_as_text_beside_bytes_that_are_not(pg_db, pg_server, tmp_path):
+    # a-7's title is not UTF-8, so its batch is read byte-preserving; the other values of that
+    # batch are valid UTF-8 and are shown as text, not as b'...' (which the runbook reserves for bytes).
+    src = _bad_source(tmp_path / "daemon.db")
+    conn = sqlite3.connect(src)
+    conn.execute("INSERT INTO alerts VALUES ('a-9', 1, 'info', 'Lots', NULL, '2024-01-15 10:00:00', 'lots', NULL, NULL)")
+    conn.commit()
+    conn.close()
+    result = migrate(pg_server, pg_db, src, on_reject="skip")
+    by_key = {(r["table"], list(r["key"].values())[0]): r for r in result["rejects"]}
+    assert by_key[("alerts", "a-9")]["value"] == "'lots'" and by_key[("alerts", "a-6")]["value"] == "'maybe'"
+    assert by_key[("alerts", "a-5")]["value"] == "'{not json'"
+    assert by_key[("alerts", "a-7")]["value"] == "b'caf\\xe9'"  # not UTF-8: bytes
 
 
 @pytest.mark.parametrize("fk_check", ["auto", "per_row"])
@@ -324,12 +379,80 @@ def test_self_referencing_orphans_are_rejected_the_same_either_way(pg_db, pg_ser
     assert by_table(result)["nodes"]["rows_written"] == 2 and by_table(result)["nodes"]["rows_rejected"] == 3
 
 
+# -- archive_source ---------------------------------------------------------------------
+
+
+WAL_WRITER = textwrap.dedent(
+    """
+    import os, sqlite3, sys
+    conn = sqlite3.connect(sys.argv[1])
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("INSERT INTO users VALUES (4, 'dave', NULL, '2024-01-02 00:00:00')")
+    conn.commit()
+    os._exit(0)  # a daemon that died: the row is in the WAL only, -wal and -shm stay behind
+    """
+)
+
+
+def test_archive_source_renames_the_file_its_wal_and_shm_after_the_commit(pg_db, pg_server, tmp_path):
+    src = make_source(tmp_path / "daemon.db")
+    subprocess.run([sys.executable, "-c", WAL_WRITER, src], check=True)
+    assert os.path.getsize(src + "-wal") and os.path.exists(src + "-shm")
+    result = migrate(pg_server, pg_db, src, archive_source=True)
+    stamp = result["backup_path"].rsplit(".", 2)[-2]  # NAME.STAMP.backup
+    archived = result["archived_path"]
+    assert archived == f"{src}.migrated-{stamp}" and result["changed"] is True
+    assert counts(pg_server, pg_db)["users"] == 4  # the WAL's row was migrated
+    assert not [name for name in os.listdir(tmp_path) if name.startswith("daemon.db") and ".migrated-" not in name
+                and not name.endswith((".backup", ".rejects.json"))]  # no daemon.db, -wal or -shm left
+    assert os.path.getsize(archived + "-wal") and os.path.exists(archived + "-shm")  # moved beside it, same stamp
+    reopened = sqlite3.connect(archived)  # a consistent database still, its WAL included
+    assert reopened.execute("SELECT count(*) FROM users").fetchone()[0] == 4
+    reopened.close()
+    failed = migrate_fails(pg_server, pg_db, src, archive_source=True)  # nothing serves the file any more
+    assert "does not exist" in failed.msg
+
+
+def test_archive_source_not_on_failure_check_mode_or_by_default(pg_db, pg_server, tmp_path):
+    src = _bad_source(tmp_path / "daemon.db")
+    failed = migrate_fails(pg_server, pg_db, src, archive_source=True)  # rejects, on_reject=fail: rolled back
+    assert failed.result["archived_path"] is None and os.path.exists(src)
+    check = make_source(tmp_path / "check.db")
+    preview = migrate(pg_server, pg_db, check, check_mode=True, archive_source=True)
+    assert preview["archived_path"] is None and os.path.exists(check)
+    done = migrate(pg_server, pg_db, check)  # committed, but archive_source is false by default
+    assert done["archived_path"] is None and os.path.exists(check)
+    assert not [name for name in os.listdir(tmp_path) if ".migrated-" in name]
+
+
+def test_archive_source_after_a_run_finished_earlier(pg_db, pg_server, tmp_path):
+    # mode=empty recognises the tables as complete: the file's rows are in PostgreSQL, so it is archived.
+    src = make_source(tmp_path / "daemon.db")
+    migrate(pg_server, pg_db, src)
+    again = migrate(pg_server, pg_db, src, archive_source=True)
+    assert {t["status"] for t in again["tables"]} == {"already_complete"}
+    assert again["changed"] is True and again["archived_path"] and os.path.exists(again["archived_path"])
+    assert not os.path.exists(src)
+
+
+def test_archive_source_refuses_to_replace_a_file(pg_db, pg_server, tmp_path, monkeypatch):
+    src = make_source(tmp_path / "daemon.db")
+    monkeypatch.setattr(mig, "utc_stamp", lambda: "20260101T000000Z")
+    open(src + ".migrated-20260101T000000Z-wal", "w").close()
+    open(src + "-wal", "w").close()  # an empty WAL: SQLite ignores it
+    failed = migrate_fails(pg_server, pg_db, src, archive_source=True)
+    assert "committed, but the source could not be archived" in failed.msg and "exists already" in failed.msg
+    assert counts(pg_server, pg_db)["usage_data"] == 5  # committed all the same
+    assert os.path.exists(src) and os.path.exists(src + "-wal")  # nothing renamed
+
+
 # -- interruptions ----------------------------------------------------------------------
 
 
 def test_interrupted_run_leaves_target_unchanged_and_rerun_completes(pg_db, pg_server, tmp_path, monkeypatch):
     src = make_source(tmp_path / "daemon.db")
-    real_run = mig.TableLoader.run
+    real_run = mc.TableLoader.run
     calls = []
 
     def run_then_die(self, items):
@@ -340,7 +463,7 @@ def test_interrupted_run_leaves_target_unchanged_and_rerun_completes(pg_db, pg_s
             raise ConnectionError("simulated crash")
         return real_run(self, items)
 
-    monkeypatch.setattr(mig.TableLoader, "run", run_then_die)
+    monkeypatch.setattr(mc.TableLoader, "run", run_then_die)
     with pytest.raises(ConnectionError):
         migrate(pg_server, pg_db, src)
     monkeypatch.undo()
@@ -355,9 +478,9 @@ KILL_RUNNER = textwrap.dedent(
     """
     import json, sys
     sys.path.insert(0, {unit!r})
-    from conftest import load
+    import conftest  # the collection on sys.path
     import psycopg2
-    mig = load("plugins/modules/sqlite_to_postgres.py", "sqlite_to_postgres")
+    from ansible_collections.claude_kit.stack.plugins.module_utils import migration_run as mig
     params = json.loads(sys.argv[1])
     conn = psycopg2.connect(host=params["login_unix_socket"], port=params["login_port"], user="postgres",
                             dbname=params["db"], application_name="kill-test")
@@ -484,13 +607,11 @@ def bulky_source(path, rows=6000):
 
 
 def test_worker_processes_load_the_same_rows_in_the_same_order(pg_template, pg_server, tmp_path, monkeypatch):
-    from ansible.module_utils import migration_load as ml
-
     src = bulky_source(tmp_path / "daemon.db")
     one, many = fresh_db(pg_template), fresh_db(pg_template)
     single = migrate(pg_server, one, src, on_reject="skip", workers=1)
-    monkeypatch.setattr(ml, "PARALLEL_MIN_ROWS", 100)
-    monkeypatch.setattr(ml, "BATCH_ROWS", 700)  # about nine rowid ranges, handed out to three workers in turn
+    monkeypatch.setattr(mw, "PARALLEL_MIN_ROWS", 100)
+    monkeypatch.setattr(mw, "BATCH_ROWS", 700)  # about nine rowid ranges, handed out to three workers in turn
     parallel = migrate(pg_server, many, src, on_reject="skip", workers=3)
     assert by_table(single)["usage_data"]["workers"] == 1 and by_table(parallel)["usage_data"]["workers"] == 3
     assert [(t["table"], t["rows_read"], t["rows_written"], t["rows_rejected"]) for t in single["tables"]] == \
@@ -510,7 +631,7 @@ def test_secondary_indexes_are_rebuilt_as_they_were(pg_template, pg_server, tmp_
     src = bulky_source(tmp_path / "daemon.db")
     db = fresh_db(pg_template)
     before = index_definitions(pg_server, db, with_sql=True)
-    monkeypatch.setattr(mig, "REBUILD_MIN_ROWS", 1000)
+    monkeypatch.setattr(ddl, "REBUILD_MIN_ROWS", 1000)
     result = migrate(pg_server, db, src, on_reject="skip")
     assert by_table(result)["usage_data"]["indexes_rebuilt"] == [
         "idx_usage_data_timestamp", "idx_usage_data_timestamp_user", "idx_usage_data_user_id"]
@@ -527,7 +648,7 @@ def test_failed_run_keeps_the_indexes(pg_template, pg_server, tmp_path, monkeypa
     src = bulky_source(tmp_path / "daemon.db")
     db = fresh_db(pg_template)
     before = index_definitions(pg_server, db, with_sql=True)
-    monkeypatch.setattr(mig, "REBUILD_MIN_ROWS", 1000)
+    monkeypatch.setattr(ddl, "REBUILD_MIN_ROWS", 1000)
     failed = migrate_fails(pg_server, db, src)  # on_reject=fail: the 'not a date' rows fail the run
     assert failed.result["rejected_rows"] == 3
     assert index_definitions(pg_server, db, with_sql=True) == before
@@ -537,7 +658,7 @@ def test_failed_run_keeps_the_indexes(pg_template, pg_server, tmp_path, monkeypa
 def test_indexes_stay_when_the_role_does_not_own_the_tables(pg_template, pg_server, tmp_path, app_role, monkeypatch):
     src = bulky_source(tmp_path / "daemon.db", rows=2000)
     db = fresh_db(pg_template)
-    monkeypatch.setattr(mig, "REBUILD_MIN_ROWS", 10)
+    monkeypatch.setattr(ddl, "REBUILD_MIN_ROWS", 10)
     result = migrate(pg_server, db, src, user=app_role, on_reject="skip")
     assert all(t["indexes_rebuilt"] == [] for t in result["tables"])
     assert index_definitions(pg_server, db) == INDEXES
@@ -549,7 +670,7 @@ def test_expression_indexes_stay_so_a_row_they_refuse_is_rejected_alone(pg_templ
     alerts = ALERTS[:1] + [(f"b-{n}", 1, "info", "t", None, "2024-01-15 10:00:00", 0, '{"threshold": %d}' % n, None)
                            for n in range(2000)] + [("b-high", 1, "info", "t", None, "2024-01-15 10:00:00", 0, '{"threshold": "high"}', None)]
     src = make_source(tmp_path / "daemon.db", alerts=alerts)
-    monkeypatch.setattr(mig, "REBUILD_MIN_ROWS", 100)
+    monkeypatch.setattr(ddl, "REBUILD_MIN_ROWS", 100)
     result = migrate(pg_server, db, src, on_reject="skip")
     entry = by_table(result)["alerts"]
     assert entry["indexes_rebuilt"] == ["idx_alerts_level", "idx_alerts_timestamp"]  # not the expression index
@@ -558,14 +679,12 @@ def test_expression_indexes_stay_so_a_row_they_refuse_is_rejected_alone(pg_templ
 
 
 def test_workers_read_up_to_the_largest_rowid(pg_template, pg_server, tmp_path, monkeypatch):
-    from ansible.module_utils import migration_load as ml
-
     src = bulky_source(tmp_path / "daemon.db", rows=1000)
     conn = sqlite3.connect(src)
     conn.execute("INSERT INTO usage_data (id, user_id, timestamp) VALUES (9223372036854775807, 1, '2024-01-01 00:00:00')")
     conn.commit()
     conn.close()
-    monkeypatch.setattr(ml, "PARALLEL_MIN_ROWS", 100)
+    monkeypatch.setattr(mw, "PARALLEL_MIN_ROWS", 100)
     result = migrate(pg_server, fresh_db(pg_template), src, on_reject="skip", workers=2)
     usage = by_table(result)["usage_data"]
     assert usage["workers"] == 2 and usage["rows_read"] == 1006
@@ -703,9 +822,20 @@ def test_app_role_without_ddl_temp_or_setval(pg_db, pg_server, tmp_path, app_rol
 # -- through Ansible, for real --------------------------------------------------------------
 
 
+def ansible_env(**extra):
+    """The environment of an ansible command: the repository's ansible.cfg, and the collection
+    claude_kit.stack where this session imports it from (conftest links it if need be)."""
+    import ansible_collections.claude_kit
+
+    roots = [str(pathlib.Path(path).parents[1]) for path in ansible_collections.claude_kit.__path__]
+    return dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+                ANSIBLE_COLLECTIONS_PATH=os.pathsep.join(roots + [str(ROOT / "collections")]), **extra)
+
+
 def ansible(module, args, check=False):
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1")
-    cmd = [os.path.join(os.path.dirname(sys.executable), "ansible"), "localhost", "-c", "local", "-i", "localhost,", "-m", module, "-a", json.dumps(args),
+    env = ansible_env(ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1")
+    cmd = [os.path.join(os.path.dirname(sys.executable), "ansible"), "localhost", "-c", "local", "-i", "localhost,",
+           "-m", f"claude_kit.stack.{module}", "-a", json.dumps(args),
            "-e", f"ansible_python_interpreter={sys.executable}"] + (["--check"] if check else [])
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     return json.loads(out.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
