@@ -89,7 +89,7 @@ def test_a_bad_value_for_the_web_tier_stops_the_run_before_the_database_changes(
     assert rc != 0, output[-3000:]
     # The message names the host and the variable.
     assert "stack-data" in output and "nginx_upstream_max_fails" in output, output[-3000:]
-    assert "PLAY [Database tier]" not in output
+    assert "PLAY [Database, cache and web tiers, side by side]" not in output
     assert recap and all(changed == 0 for changed in recap.values()), recap
     assert psql("SHOW work_mem") == before
     assert psql("SELECT md5(pg_read_file('postgresql.auto.conf'))") == auto_conf_before
