@@ -1,6 +1,6 @@
 # Convenience targets; each is a thin wrapper around ./kit (which works without
 # make, as on a fresh Debian machine).
-.PHONY: deploy test lint unit molecule lab-up lab-down bootstrap
+.PHONY: deploy test lint unit sanity units collection-test molecule lab-up lab-down bootstrap
 
 deploy:
 	./kit deploy
@@ -13,6 +13,15 @@ lint:
 
 unit:
 	./kit unit
+
+sanity:
+	./kit ansible-test sanity
+
+units:
+	./kit ansible-test units
+
+collection-test:
+	./kit collection-test
 
 molecule:
 	./kit molecule

@@ -14,7 +14,7 @@ from ansible_collections.claude_kit.stack.plugins.module_utils.kit_module import
 
 try:
     import psycopg2
-    from psycopg2 import sql
+    from psycopg2 import sql  # pylint: disable=unused-import  # re-exported: the modules import sql from here
 
     HAS_PSYCOPG2 = True
     PSYCOPG2_IMPORT_ERROR = None

@@ -281,7 +281,7 @@ class TableLoader:
         )
         query = sql.SQL("SELECT {} FROM unnest({}) AS u({}) WHERE EXISTS (SELECT 1 FROM {} t WHERE {})").format(
             sql.SQL(", ").join(names),
-            sql.SQL(", ").join(sql.SQL("%s::text[]") for _ in pk_cols),
+            sql.SQL(", ").join(sql.SQL("%s::text[]") for _col in pk_cols),
             sql.SQL(", ").join(names),
             plan.ident,
             match,

@@ -36,19 +36,26 @@ def can_check_keys_after(cur, plans):
     return True, None
 
 
-_CHILD, _PARENT = sql.Identifier("c"), sql.Identifier("p")
+def _child():
+    """The alias of the child table in the foreign-key queries (built on use: psycopg2 may be absent at import)."""
+    return sql.Identifier("c")
+
+
+def _parent():
+    """The alias of the parent table in the foreign-key queries."""
+    return sql.Identifier("p")
 
 
 def _broken_sql(plan, fk):
     """(condition on child rows c that break fk, condition matching a parent row p to c)."""
     pairs = list(zip(fk["columns"], fk["parent_columns"]))
     matches = sql.SQL(" AND ").join(
-        sql.SQL("{}.{} = {}.{}").format(_PARENT, sql.Identifier(pc), _CHILD, sql.Identifier(cc)) for cc, pc in pairs
+        sql.SQL("{}.{} = {}.{}").format(_parent(), sql.Identifier(pc), _child(), sql.Identifier(cc)) for cc, pc in pairs
     )
-    present = sql.SQL(" AND ").join(sql.SQL("{}.{} IS NOT NULL").format(_CHILD, sql.Identifier(cc)) for cc, _ in pairs)
-    broken = sql.SQL("({} AND NOT EXISTS (SELECT 1 FROM {} {} WHERE {}))").format(present, sql.Identifier(*fk["parent"]), _PARENT, matches)
+    present = sql.SQL(" AND ").join(sql.SQL("{}.{} IS NOT NULL").format(_child(), sql.Identifier(cc)) for cc, _parent_col in pairs)
+    broken = sql.SQL("({} AND NOT EXISTS (SELECT 1 FROM {} {} WHERE {}))").format(present, sql.Identifier(*fk["parent"]), _parent(), matches)
     if fk["match"] == "f" and len(pairs) > 1:  # MATCH FULL: all columns NULL or none
-        some_null = sql.SQL(" OR ").join(sql.SQL("{}.{} IS NULL").format(_CHILD, sql.Identifier(cc)) for cc, _ in pairs)
+        some_null = sql.SQL(" OR ").join(sql.SQL("{}.{} IS NULL").format(_child(), sql.Identifier(cc)) for cc, _parent_col in pairs)
         broken = sql.SQL("({} OR (({}) AND NOT ({})))").format(broken, some_null, present)
     return broken, matches
 
@@ -57,20 +64,20 @@ def _lock_parents(cur, plan, fk, matches):
     """Lock the parent rows of the table's rows FOR KEY SHARE, as PostgreSQL's own check does."""
     cur.execute(
         sql.SQL("SELECT 1 FROM {} {} WHERE EXISTS (SELECT 1 FROM {} {} WHERE {}) FOR KEY SHARE OF {}").format(
-            sql.Identifier(*fk["parent"]), _PARENT, plan.ident, _CHILD, matches, _PARENT
+            sql.Identifier(*fk["parent"]), _parent(), plan.ident, _child(), matches, _parent()
         )
     )
 
 
 def _reject_orphans(cur, plan, fk, broken, rejects, stage):
     """Report every row of the table that breaks fk; returns how many."""
-    key_cols = [sql.SQL("{}.{}").format(_CHILD, sql.Identifier(name)) for name in plan.pk_names] or [sql.SQL("NULL")]
-    fk_cols = [sql.SQL("{}.{}::text").format(_CHILD, sql.Identifier(cc)) for cc in fk["columns"]]
+    key_cols = [sql.SQL("{}.{}").format(_child(), sql.Identifier(name)) for name in plan.pk_names] or [sql.SQL("NULL")]
+    fk_cols = [sql.SQL("{}.{}::text").format(_child(), sql.Identifier(cc)) for cc in fk["columns"]]
     n_key, orphans = len(key_cols), 0
     with cur.connection.cursor(name="claude_kit_fk_check") as found:  # server-side: memory stays flat
         found.itersize = 1000
         found.execute(sql.SQL("SELECT {}, {} FROM {} {} WHERE {}").format(
-            sql.SQL(", ").join(key_cols), sql.SQL(", ").join(fk_cols), plan.ident, _CHILD, broken))
+            sql.SQL(", ").join(key_cols), sql.SQL(", ").join(fk_cols), plan.ident, _child(), broken))
         for row in found:
             orphans += 1
             key = dict(zip(plan.pk_names, row[:n_key])) if plan.pk_names else None
@@ -101,7 +108,7 @@ def check_foreign_keys(cur, plan, rejects, locked, stage="foreign_key"):
                 _lock_parents(cur, plan, fk, matches)
             if _reject_orphans(cur, plan, fk, broken, rejects, stage):
                 # only now: the parents are locked, so no row of this run can lose its parent meanwhile
-                cur.execute(sql.SQL("DELETE FROM {} {} WHERE {}").format(plan.ident, _CHILD, broken))
+                cur.execute(sql.SQL("DELETE FROM {} {} WHERE {}").format(plan.ident, _child(), broken))
                 round_removed += cur.rowcount
         removed += round_removed
         if not round_removed:

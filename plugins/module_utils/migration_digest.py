@@ -259,7 +259,7 @@ def plan_tasks(sconn, plans, workers):
             tasks.append((count, position, None, None))
     order = sorted(range(len(tasks)), key=lambda n: -tasks[n][0])
     load = [0.0] * workers
-    assigned = [[] for _ in range(workers)]
+    assigned = [[] for _worker in range(workers)]
     for n in order:
         rows, position, low, high = tasks[n]
         target = load.index(min(load))

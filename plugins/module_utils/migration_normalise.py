@@ -381,7 +381,7 @@ def _round_float4(value):
 
 def float_token(value, bits=64):
     """A Python float -> PostgreSQL's float8out (bits=64) or float4out (bits=32) text."""
-    if value != value:
+    if math.isnan(value):
         return "NaN"
     if math.isinf(value):
         return "Infinity" if value > 0 else "-Infinity"
@@ -614,7 +614,6 @@ class TimestampConverter(Converter):
                     fraction = fraction.rstrip("0")
                     return value[:10] + " " + value[11:19] + ("." + fraction if fraction else "") + self.suffix
         return None
-
 
     def vector(self, values):
         if self.precision < 6 or (self.notnull and None in values):
@@ -1048,7 +1047,7 @@ def normalise_batch(converters, rows):
     into tokens: each line is then made by one %-format of the row.
     """
     if not rows:
-        return Batch([], {}, [[] for _ in converters], 0)
+        return Batch([], {}, [[] for _converter in converters], 0)
     columns = list(zip(*rows))
     bad = {}
     tokens, specs, raw = [], [], {}

@@ -16,7 +16,8 @@ description:
   - Read-only; never reports a change. Supports check mode.
   - Used by the postgresql role to feed the C(pg_tune) filter.
 version_added: "1.0.0"
-author: claude-kit maintainers
+author:
+  - claude-kit maintainers (@claude-kit)
 options: {}
 attributes:
   check_mode:

@@ -35,7 +35,8 @@ description:
   - Read-only on both sides, in check mode too. PostgreSQL is read in a read-only REPEATABLE READ
     transaction, SQLite is opened with C(mode=ro). Never reports a change.
 version_added: "1.0.0"
-author: claude-kit maintainers
+author:
+  - claude-kit maintainers (@claude-kit)
 options:
   src:
     description:

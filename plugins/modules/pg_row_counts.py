@@ -20,7 +20,8 @@ description:
   - Table names are checked against the catalog and always quoted; an unknown table fails the
     task before anything is read.
 version_added: "1.0.0"
-author: claude-kit maintainers
+author:
+  - claude-kit maintainers (@claude-kit)
 options:
   db:
     description: Database to read.

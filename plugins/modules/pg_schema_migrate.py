@@ -23,7 +23,8 @@ description:
     disagree about what the schema is, which an operator has to resolve.
   - A session advisory lock keeps two runs from migrating the same database at once.
 version_added: "1.0.0"
-author: claude-kit maintainers
+author:
+  - claude-kit maintainers (@claude-kit)
 options:
   path:
     description: Directory on the managed host holding C(schema.sql) and the migrations.

@@ -15,14 +15,15 @@ description:
     longer declared is reset with C(ALTER SYSTEM RESET), and reported as a change.
   - A setting in C(postgresql.auto.conf) that the kit never declared (someone ran C(ALTER SYSTEM) by
     hand) is reported in RV(unmanaged) and left alone.
-  - The module does not reload or restart the server; it returns RV(changed) so that a handler reloads,
+  - The module does not reload or restart the server; it reports a change so that a handler reloads,
     and the handler then asks PostgreSQL which settings wait for a restart. Setting names are checked
     against C(pg_settings) before anything is changed; an unknown name fails the task with nothing altered.
   - Values are passed as quoted literals, never formatted into the SQL text; names are quoted identifiers.
     A list value becomes a list setting (C(shared_preload_libraries = 'a', 'b')); for the list settings
     whose elements PostgreSQL quotes one by one, a comma-separated string is split the same way.
 version_added: "1.1.0"
-author: claude-kit maintainers
+author:
+  - claude-kit maintainers (@claude-kit)
 options:
   settings:
     description:

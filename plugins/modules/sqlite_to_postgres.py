@@ -46,7 +46,8 @@ description:
   - With I(archive_source=true), once the run has committed, the source file is renamed so that
     nothing serves it again (see I(archive_source)).
 version_added: "1.0.0"
-author: claude-kit maintainers
+author:
+  - claude-kit maintainers (@claude-kit)
 options:
   src:
     description: The SQLite database file on the managed host.

@@ -18,6 +18,9 @@ import tempfile
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+# Under ansible-test units the test files are imported as tests.unit.*: keep
+# `from conftest import load` working there too.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 
 def _collection_on_path():

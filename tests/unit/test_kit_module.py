@@ -64,6 +64,7 @@ def test_cpu_workers(monkeypatch):
 
 def test_cpu_count_is_the_affinity():
     import os
+import shutil
 
     assert km.cpu_count() == len(os.sched_getaffinity(0))
 
@@ -77,7 +78,7 @@ def test_every_module_renders_its_documentation(module):
     from conftest import ROOT
     from test_sqlite_to_postgres_pg import ansible_env
 
-    out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-doc"), "-M", str(ROOT / "plugins" / "modules"), module],
+    out = subprocess.run([(shutil.which("ansible-doc") or os.path.join(os.path.dirname(sys.executable), "ansible-doc")), "-M", str(ROOT / "plugins" / "modules"), module],
                          cwd=ROOT, env=ansible_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "EXAMPLES" in out.stdout and "RETURN VALUES" in out.stdout.upper() and "claude_kit.stack." + module in out.stdout

@@ -141,6 +141,7 @@ def test_fingerprint_sees_writes_but_not_an_empty_wal(tmp_path):
 @pytest.mark.parametrize("module", ["sqlite_to_postgres", "migration_verify"])
 def test_ansible_doc_renders(module):
     import os
+import shutil
     import subprocess
     import sys
 
@@ -148,7 +149,7 @@ def test_ansible_doc_renders(module):
     from test_sqlite_to_postgres_pg import ansible_env
 
     env = ansible_env()
-    out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-doc"), "-M", str(ROOT / "plugins" / "modules"), module],
+    out = subprocess.run([(shutil.which("ansible-doc") or os.path.join(os.path.dirname(sys.executable), "ansible-doc")), "-M", str(ROOT / "plugins" / "modules"), module],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "login_password" in out.stdout and "RETURN VALUES" in out.stdout.upper()

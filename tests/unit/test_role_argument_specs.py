@@ -7,6 +7,7 @@ before the first task that could change anything.
 
 import json
 import os
+import shutil
 import pathlib
 import re
 import subprocess
@@ -25,7 +26,7 @@ def run_role(tmp_path, extra_vars):
     )
     proc = subprocess.run(
         [
-            os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "--check", str(playbook), "-i", "localhost,",
+            (shutil.which("ansible-playbook") or os.path.join(os.path.dirname(sys.executable), "ansible-playbook")), "--check", str(playbook), "-i", "localhost,",
             "-e", json.dumps({"ansible_python_interpreter": sys.executable, **extra_vars}),
         ],
         capture_output=True,

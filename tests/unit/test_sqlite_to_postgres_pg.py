@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 import pathlib
 import signal
 import sqlite3
@@ -834,7 +835,7 @@ def ansible_env(**extra):
 
 def ansible(module, args, check=False):
     env = ansible_env(ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1")
-    cmd = [os.path.join(os.path.dirname(sys.executable), "ansible"), "localhost", "-c", "local", "-i", "localhost,",
+    cmd = [(shutil.which("ansible") or os.path.join(os.path.dirname(sys.executable), "ansible")), "localhost", "-c", "local", "-i", "localhost,",
            "-m", f"claude_kit.stack.{module}", "-a", json.dumps(args),
            "-e", f"ansible_python_interpreter={sys.executable}"] + (["--check"] if check else [])
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

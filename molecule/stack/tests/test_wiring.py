@@ -64,7 +64,7 @@ def test_daemons_listen_on_the_renamed_port_and_nginx_follows(host):
     for app in APPS:
         assert app.socket(f"tcp://0.0.0.0:{port}").is_listening or app.socket(f"tcp://127.0.0.1:{port}").is_listening
         assert not app.socket("tcp://127.0.0.1:5001").is_listening
-        assert '"status": "ok"' in app.check_output("curl -fsS http://127.0.0.1:%s/health", port)
+        assert '"status": "ok"' in app.check_output("curl -fsS http://127.0.0.1:%s/health", str(port))
     conf = DATA.file("/etc/nginx/nginx.conf").content_string
     upstreams = [line for line in conf.splitlines() if line.strip().startswith("server ") and "max_fails" in line]
     assert len(upstreams) == len(APPS) and all(f":{port} " in line for line in upstreams), upstreams
