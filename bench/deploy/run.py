@@ -642,7 +642,7 @@ class _Tee:
 
     def __init__(self, stream, path: Path):
         self._stream = stream
-        self._file = open(path, "w", encoding="utf-8", buffering=1)  # noqa: SIM115
+        self._file = open(path, "w", encoding="utf-8", buffering=1)  # open for the whole run (line-buffered, flushed on every write); the OS closes it at exit
 
     def write(self, text: str) -> int:
         self._file.write(text)

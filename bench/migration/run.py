@@ -45,8 +45,8 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 
-import dataset  # noqa: E402 - importable only after the sys.path inserts above
-from pgserver import PgServer  # noqa: E402 - same
+import dataset  # importable only after the sys.path inserts above
+from pgserver import PgServer  # likewise
 
 TABLES = {  # in foreign-key order, with the columns every peer loads
     "users": ["id", "username", "email", "created_at"],

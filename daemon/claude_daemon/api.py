@@ -358,7 +358,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return self.server_version
 
     # http.server's own access log goes to stderr; each request is logged once below.
-    def log_message(self, format, *args):  # noqa: A002 - signature from http.server
+    def log_message(self, format, *args):  # signature from http.server
         log.debug("http.server: " + format, *args)
 
     def send_error(self, code, message=None, explain=None):
@@ -504,7 +504,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             response = error_response(408, "request timed out")
         except UnicodeDecodeError:
             response = error_response(400, "invalid percent-encoding")
-        except Exception:  # noqa: BLE001 - logged here, generic to the client
+        except Exception:  # logged here, generic to the client
             log.exception("unhandled error method=%s path=%s", method, _clean(path))
             response = error_response(500, "internal server error")
         if self.cache_state is not None:

@@ -152,5 +152,5 @@ class Cache:
         if self.client is not None:
             try:
                 self.client.close()
-            except Exception:  # noqa: BLE001 - closing a client whose server is gone
+            except Exception:  # closing a client whose server is gone
                 pass

@@ -88,7 +88,7 @@ class Database:
         for callback in self._listeners:
             try:
                 callback(table)
-            except Exception:  # noqa: BLE001 - a listener never breaks a write
+            except Exception:  # a listener never breaks a write
                 log.exception("listener failed")
 
     @property
@@ -110,7 +110,7 @@ class Database:
         while not self._stop.wait(self.cfg.reconcile_interval):
             try:
                 self.reconcile_once()
-            except Exception:  # noqa: BLE001 - the loop must survive anything
+            except Exception:  # the loop must survive anything
                 log.exception("reconcile failed")
 
     def reconcile_once(self):

@@ -116,7 +116,7 @@ class UsageMonitor:
             while not self._stop.wait(self.interval):
                 try:
                     self.flush()
-                except Exception:  # noqa: BLE001 - keep monitoring whatever happens
+                except Exception:  # keep monitoring whatever happens
                     log.exception("usage monitor flush failed")
 
         self._thread = threading.Thread(target=loop, name="usage-monitor", daemon=True)
@@ -130,5 +130,5 @@ class UsageMonitor:
         if flush:
             try:
                 self.flush()
-            except Exception:  # noqa: BLE001 - shutdown goes on; the failure is logged
+            except Exception:  # shutdown goes on; the failure is logged
                 log.exception("final usage flush failed")

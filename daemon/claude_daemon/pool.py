@@ -86,7 +86,7 @@ class Pool:
         if not discard and not getattr(conn, "closed", False) and self._reset is not None:
             try:
                 self._reset(conn)
-            except Exception:  # noqa: BLE001 - a connection that cannot be reset is dropped
+            except Exception:  # a connection that cannot be reset is dropped
                 discard = True
         with self._cond:
             if discard or self._closed or getattr(conn, "closed", False):
@@ -150,7 +150,7 @@ class Pool:
             while not self._stop.wait(interval):
                 try:
                     self.reap()
-                except Exception:  # noqa: BLE001 - the reaper thread must outlive any one failure
+                except Exception:  # the reaper thread must outlive any one failure
                     log.exception("idle reaper failed")
 
         self._reaper = threading.Thread(target=loop, name="pool-reaper", daemon=True)
@@ -178,5 +178,5 @@ class Pool:
 def _close_quietly(conn):
     try:
         conn.close()
-    except Exception:  # noqa: BLE001 - closing a connection that is already broken
+    except Exception:  # closing a connection that is already broken
         pass

@@ -17,7 +17,7 @@ DAEMON_DIR = ROOT / "daemon"
 if str(DAEMON_DIR) not in sys.path:
     sys.path.insert(0, str(DAEMON_DIR))
 
-from claude_daemon import config  # noqa: E402 - importable only after the sys.path insert above
+from claude_daemon import config  # importable only after the sys.path insert above
 
 OWNER = "kit_daemon_owner"
 APP = "kit_daemon_app"
@@ -142,7 +142,7 @@ class DaemonProcess:
         self.logfile = logfile
         full = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(DAEMON_DIR),
                 "PYTHONUNBUFFERED": "1", **env}
-        self._out = open(logfile, "ab")  # noqa: SIM115 - kept open for the process's lifetime
+        self._out = open(logfile, "ab")  # kept open for the process's lifetime
         self.proc = subprocess.Popen([sys.executable, "-m", "claude_daemon"], env=full, stdout=self._out,
                                      stderr=subprocess.STDOUT, cwd=str(DAEMON_DIR))
 

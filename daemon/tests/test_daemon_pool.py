@@ -42,7 +42,7 @@ def test_never_more_than_db_pool_max_connections(store, pg_db):
             for _ in range(4):
                 s.query("SELECT pg_sleep(0.02)")
                 seen.append(int(server_connections(pg_db)) if len(seen) % 5 == 0 else None)
-        except Exception as exc:  # noqa: BLE001 - collected, asserted empty by the test
+        except Exception as exc:  # collected, asserted empty by the test
             errors.append(exc)
 
     threads = [threading.Thread(target=work) for _ in range(10)]

@@ -39,7 +39,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 BIN = pathlib.Path(sys.executable).parent
 sys.path.insert(0, str(KIT / "tests"))
 
-from pgserver import PgServer  # noqa: E402  pylint: disable=wrong-import-position
+from pgserver import PgServer  # importable only after the sys.path insert above
 
 # What must never be in the tarball (build_ignore in galaxy.yml).
 FORBIDDEN = (".venv/", "collections/", ".cache/", ".git/", ".ci/", "molecule/", "bench/", "tests/output/",

@@ -26,8 +26,8 @@ def rejected(converter, value, match=None):
     return str(info.value)
 
 
-VARCHAR = lambda n: n + 4  # noqa: E731 - atttypmod of varchar(n)
-NUMERIC = lambda p, s: ((p << 16) | s) + 4  # noqa: E731 - atttypmod of numeric(p, s)
+VARCHAR = lambda n: n + 4  # atttypmod of varchar(n)
+NUMERIC = lambda p, s: ((p << 16) | s) + 4  # atttypmod of numeric(p, s)
 
 
 # -- timestamps ------------------------------------------------------------------------

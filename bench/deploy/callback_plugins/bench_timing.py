@@ -41,7 +41,7 @@ class CallbackModule(CallbackBase):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         path = os.environ.get("BENCH_DEPLOY_TIMING_FILE")
-        self._out = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+        self._out = open(path, "a", encoding="utf-8") if path else None  # open for the whole run (line-buffered, flushed on every write); the OS closes it at exit
         self._play = None
         self._play_index = -1
         self._task_start = {}
