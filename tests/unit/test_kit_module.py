@@ -64,7 +64,6 @@ def test_cpu_workers(monkeypatch):
 
 def test_cpu_count_is_the_affinity():
     import os
-import shutil
 
     assert km.cpu_count() == len(os.sched_getaffinity(0))
 
@@ -72,6 +71,7 @@ import shutil
 @pytest.mark.parametrize("module", ["host_resources", "migration_verify", "pg_row_counts", "pg_schema_migrate", "sqlite_to_postgres"])
 def test_every_module_renders_its_documentation(module):
     import os
+    import shutil
     import subprocess
     import sys
 

@@ -141,7 +141,7 @@ def test_fingerprint_sees_writes_but_not_an_empty_wal(tmp_path):
 @pytest.mark.parametrize("module", ["sqlite_to_postgres", "migration_verify"])
 def test_ansible_doc_renders(module):
     import os
-import shutil
+    import shutil
     import subprocess
     import sys
 
