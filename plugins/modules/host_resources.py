@@ -69,11 +69,11 @@ machine_memory_mb:
 """
 
 # Imports follow the documentation, as Ansible wants them (ansible-test validate-modules).
-import math  # noqa: E402
-import os  # noqa: E402
+import math
+import os
 
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible_collections.claude_kit.stack.plugins.module_utils.kit_module import KitModuleError, cpu_count, end_module  # noqa: E402
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.claude_kit.stack.plugins.module_utils.kit_module import KitModuleError, cpu_count, end_module
 
 # cgroup v1 reports "no limit" as a huge page-aligned number.
 UNLIMITED_V1 = 1 << 62

@@ -198,12 +198,12 @@ seconds:
 """
 
 # Imports follow the documentation, as Ansible wants them (ansible-test validate-modules).
-import json  # noqa: E402
-import os  # noqa: E402
+import json
+import os
 
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible_collections.claude_kit.stack.plugins.module_utils.claude_pg import check_identifier, connect, pg_argument_spec, psycopg2  # noqa: E402
-from ansible_collections.claude_kit.stack.plugins.module_utils.kit_module import (  # noqa: E402
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.claude_kit.stack.plugins.module_utils.claude_pg import check_identifier, connect, pg_argument_spec, psycopg2
+from ansible_collections.claude_kit.stack.plugins.module_utils.kit_module import (
     VERIFICATION_COLUMNS,
     KitModuleError,
     Timer,
@@ -212,9 +212,9 @@ from ansible_collections.claude_kit.stack.plugins.module_utils.kit_module import
     gc_paused,
     render_table,
 )
-from ansible_collections.claude_kit.stack.plugins.module_utils.migration_digest import bisect, bisectable, digest_tables  # noqa: E402
-from ansible_collections.claude_kit.stack.plugins.module_utils.migration_plan import build_plans, configure_session  # noqa: E402
-from ansible_collections.claude_kit.stack.plugins.module_utils.migration_source import open_readonly  # noqa: E402
+from ansible_collections.claude_kit.stack.plugins.module_utils.migration_digest import bisect, bisectable, digest_tables
+from ansible_collections.claude_kit.stack.plugins.module_utils.migration_plan import build_plans, configure_session
+from ansible_collections.claude_kit.stack.plugins.module_utils.migration_source import open_readonly
 
 
 def describe(entry):

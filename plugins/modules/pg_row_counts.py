@@ -125,17 +125,17 @@ report:
 """
 
 # Imports follow the documentation, as Ansible wants them (ansible-test validate-modules).
-import datetime  # noqa: E402
+import datetime
 
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible_collections.claude_kit.stack.plugins.module_utils.claude_pg import (  # noqa: E402
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.claude_kit.stack.plugins.module_utils.claude_pg import (
     check_identifier,
     connect,
     pg_argument_spec,
     split_qualified,
     sql,
 )
-from ansible_collections.claude_kit.stack.plugins.module_utils.kit_module import (  # noqa: E402
+from ansible_collections.claude_kit.stack.plugins.module_utils.kit_module import (
     VERIFICATION_COLUMNS,
     KitModuleError,
     end_module,

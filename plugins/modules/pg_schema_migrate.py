@@ -92,19 +92,19 @@ versions:
 """
 
 # Imports follow the documentation, as Ansible wants them (ansible-test validate-modules).
-import hashlib  # noqa: E402
-import os  # noqa: E402
-import re  # noqa: E402
+import hashlib
+import os
+import re
 
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible_collections.claude_kit.stack.plugins.module_utils.claude_pg import (  # noqa: E402
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.claude_kit.stack.plugins.module_utils.claude_pg import (
     check_identifier,
     connect,
     pg_argument_spec,
     split_qualified,
     sql,
 )
-from ansible_collections.claude_kit.stack.plugins.module_utils.kit_module import KitModuleError, end_module  # noqa: E402
+from ansible_collections.claude_kit.stack.plugins.module_utils.kit_module import KitModuleError, end_module
 
 BASELINE = "schema.sql"
 MIGRATION_RE = re.compile(r"^(\d{4})_([A-Za-z0-9_-]+)\.sql$")

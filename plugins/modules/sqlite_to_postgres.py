@@ -361,10 +361,10 @@ seconds:
 """
 
 # Imports follow the documentation, as Ansible wants them (ansible-test validate-modules).
-from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible_collections.claude_kit.stack.plugins.module_utils.claude_pg import connect, pg_argument_spec  # noqa: E402
-from ansible_collections.claude_kit.stack.plugins.module_utils.kit_module import end_module  # noqa: E402
-from ansible_collections.claude_kit.stack.plugins.module_utils.migration_run import MigrationRun  # noqa: E402
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.claude_kit.stack.plugins.module_utils.claude_pg import connect, pg_argument_spec
+from ansible_collections.claude_kit.stack.plugins.module_utils.kit_module import end_module
+from ansible_collections.claude_kit.stack.plugins.module_utils.migration_run import MigrationRun
 
 
 def argument_spec():
