@@ -80,6 +80,13 @@ def manifest_of(host, name):
     return json.loads(host.file(f"{DUMP_DIR}/{name.split('.')[0]}.json").content_string)
 
 
+def unique(prefix):
+    """A prefix no earlier run used, so that the tests can run again on the same hosts."""
+    return f"{prefix}{time.time_ns():x}"
+
+
 def insert_alerts(db, prefix, count):
+    """count alerts with ids prefix-1..prefix-count; returns prefix."""
     psql(db, f"INSERT INTO alerts (id, level, title, message, timestamp) SELECT '{prefix}-' || g, 'warning', "
              f"'t' || g, 'm' || g, now() FROM generate_series(1, {count}) g")
+    return prefix

@@ -2,7 +2,8 @@
 is stopped; a dropped table comes back whole, with the manifest's counts."""
 
 import pytest
-from helpers import DUMP_DIR, get, insert_alerts, manifest_of, manifests, psql, run_playbook, scalar, start_unit
+from helpers import (DUMP_DIR, get, insert_alerts, manifest_of, manifests, psql, run_playbook, scalar, start_unit,
+                     unique)
 
 testinfra_hosts = ["backup-repo"]
 
@@ -42,7 +43,7 @@ def test_a_dump_with_one_byte_flipped_is_refused_before_anything_stops(host, db)
 
 
 def test_a_dropped_table_is_back_with_the_manifests_counts(host, db):
-    insert_alerts(db, "restore", 120)
+    insert_alerts(db, unique("restore"), 120)
     assert start_unit(host, "claude-kit-backup-dump.service").rc == 0
     manifest = manifest_of(host, manifests(host)[0]["name"])
     assert manifest["row_counts"]["public.alerts"] >= 120
