@@ -63,12 +63,13 @@ step_packages() {
       # What only the tests need. postgresql, redis-server: binaries for the
       # throwaway servers of the unit tests, the daemon's tests and the
       # collection test (tests/pgserver.py); sqlite3, pgloader: the migration
-      # benchmark's peers; chromium: the browser test of the dashboard
+      # benchmark's peers; pgbackrest: the backup benchmark's (bench/backup);
+      # chromium: the browser test of the dashboard
       # (molecule stack scenario); shellcheck: ansible-test sanity's shellcheck
       # test (skipped with a warning without it); python3-apt, python3-psycopg2:
       # what the role claude_kit.stack.sqlite_migration installs on its host, here
       # localhost in the collection test (tests/collection), so that it finds them.
-      pkgs+=(postgresql redis-server sqlite3 pgloader chromium shellcheck python3-apt python3-psycopg2)
+      pkgs+=(postgresql redis-server sqlite3 pgloader pgbackrest chromium shellcheck python3-apt python3-psycopg2)
     fi
     apt_install_missing "${pkgs[@]}"
   else

@@ -74,6 +74,24 @@ def test_the_pgbackrest_unit_produces_a_verified_encrypted_backup(host):
     assert "[backrest]" not in raw
 
 
+def test_a_damaged_repository_fails_the_backup_run(host):
+    # One file of the oldest full backup, overwritten with garbage of the same size.
+    victim = host.check_output(
+        "find /var/lib/pgbackrest/backup/claude -path '*F/pg_data/base/*' -type f -size +8k | sort | head -1")
+    host.check_output("cp -p %s /var/tmp/victim.keep && head -c $(stat -c %%s %s) /dev/urandom > %s",
+                      victim, victim, victim)
+    try:
+        result = start_unit(host, "claude-kit-backup-pgbackrest-diff.service")
+        assert result.rc != 0
+        last = last_result(host, "pgbackrest")
+        assert not last["ok"] and "pgbackrest verify found a problem" in last["error"]
+        assert host.run("systemctl is-failed claude-kit-backup-pgbackrest-diff.service").stdout.strip() == "failed"
+    finally:
+        host.check_output("cp -p /var/tmp/victim.keep %s && rm /var/tmp/victim.keep", victim)
+    assert start_unit(host, "claude-kit-backup-pgbackrest-diff.service").rc == 0
+    assert last_result(host, "pgbackrest")["ok"]
+
+
 def test_a_dump_killed_midway_leaves_nothing_that_counts_and_the_next_run_succeeds(host, db):
     # Enough data that the dump takes a few seconds.
     psql(db, "CREATE TABLE bulk_for_kill (id bigint, pad text)")
