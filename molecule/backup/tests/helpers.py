@@ -56,7 +56,7 @@ def manifests(host):
 def run_playbook(name, *args):
     """ansible-playbook playbooks/NAME against the scenario's hosts; (rc, output, recap)."""
     proc = subprocess.run(
-        ["ansible-playbook", "-i", INVENTORY, str(PLAYBOOKS / name), *args],
+        ["ansible-playbook", "-i", INVENTORY, str(PLAYBOOKS / name) if "/" not in name else name, *args],
         capture_output=True, text=True, timeout=1200, check=False,
         env=dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0"),
     )
