@@ -103,6 +103,10 @@ class Stopwatch:
         self.seconds = time.monotonic() - self.start
 
 
+# roles/backup's default backup_restore_session_settings, as restore_dump.yml passes them.
+KIT_RESTORE_PGOPTIONS = "-c synchronous_commit=off -c maintenance_work_mem=128MB"
+
+
 def program_python():
     """The interpreter of the program's shebang (it needs that Python's psycopg2)."""
     with open(PROGRAM, encoding="utf-8") as handle:
@@ -289,7 +293,7 @@ class Bench:
         with Stopwatch() as watch:
             create_db(self.target, SCRATCH)
             cl.run([self.tool("pg_restore"), *cl.client_args(self.target, SCRATCH), "--exit-on-error",
-                    "--jobs", str(CPUS), path])
+                    "--jobs", str(CPUS), path], env=dict(os.environ, PGOPTIONS=KIT_RESTORE_PGOPTIONS))
             check_counts("kit_restore", expected, cl.count_rows(self.target, list(expected), SCRATCH))
             cl.psql(self.target, f'BEGIN; ALTER DATABASE {DB} RENAME TO "{previous}"; '
                                  f"ALTER DATABASE {SCRATCH} RENAME TO {DB}; COMMIT")
