@@ -7,6 +7,7 @@
     POST /api/alerts                    {id?, level, title, message?, metadata?} -> 201
     POST /api/alerts/{id}/acknowledge   -> 200, or 404 for an unknown id
     GET  /api/predictions?from=&to=&limit=
+    GET  /metrics                       Prometheus text format (metrics.py); 404 with METRICS_ENABLED=0
 
 JSON in and out. Bad input gets a 4xx with {"error": "..."}; an unexpected
 exception is logged (one line) and answered with a generic 500, never a trace.
@@ -35,6 +36,7 @@ from . import __version__, schema
 from .cache import BYPASS, Cache
 from .db import Database, utcnow
 from .errors import CommitInDoubt, Conflict, Rejected, StoreUnavailable
+from .metrics import Metrics
 from .monitor import UsageMonitor
 from .pool import PoolTimeout
 
@@ -48,14 +50,16 @@ ALERT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,254}$")
 ALERT_FIELDS = {"id", "level", "title", "message", "metadata"}
 CACHED_TABLES = ("usage_data", "alerts", "predictions")
 STATIC = pathlib.Path(__file__).resolve().parent / "static"
+METRICS_ROUTE = "/metrics"
 
 
 class ApiError(Exception):
-    def __init__(self, status, message, headers=None):
+    def __init__(self, status, message, headers=None, route=None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        self.route = route  # the template the path matched, when the method did not (405)
 
 
 class Response:
@@ -145,6 +149,7 @@ class App:
         self.monitor = UsageMonitor(self.db, cfg.usage_interval)
         self.db.add_listener(self._invalidate)
         self.dashboard = load_dashboard()
+        self.metrics = Metrics(self.db, self.cache)
         self.server = None
         self._server_thread = None
         self.routes = [
@@ -157,6 +162,9 @@ class App:
              self.post_acknowledge),
             ("GET", re.compile(r"^/api/predictions$"), "/api/predictions", self.get_predictions),
         ]
+        if cfg.metrics_enabled:
+            self.routes.append(("GET", re.compile(r"^/metrics$"), METRICS_ROUTE, self.get_metrics))
+        self.metrics.declare_routes((m, t) for m, _, t, _ in self.routes if t != METRICS_ROUTE)
 
     def _invalidate(self, table):
         for name in CACHED_TABLES if table is None else (table,):
@@ -192,15 +200,17 @@ class App:
 
     def route(self, method, path):
         lookup = "GET" if method == "HEAD" else method
-        allowed = []
+        allowed, matched = [], None
         for route_method, pattern, template, handler in self.routes:
             match = pattern.match(path)
             if match:
                 if route_method == lookup:
                     return template, handler, match.groups()
                 allowed.append(route_method)
+                matched = matched or template
         if allowed:
-            raise ApiError(405, f"method {method} not allowed here", {"Allow": ", ".join(sorted(set(allowed)))})
+            raise ApiError(405, f"method {method} not allowed here", {"Allow": ", ".join(sorted(set(allowed)))},
+                           route=matched)
         raise ApiError(404, "not found")
 
     def cached(self, table, key, loader, request):
@@ -223,6 +233,11 @@ class App:
             "pending_sync": self.db.pending_sync(),
         }
         return json_response(200 if database else 503, body)
+
+    def get_metrics(self, request, args, query):
+        # Query parameters (a scrape config's `params`) are ignored.
+        body, content_type = self.metrics.render()
+        return Response(200, body, content_type)
 
     def get_usage(self, request, args, query):
         q = parse_query(query, {"from", "to", "limit"})
@@ -366,6 +381,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         status = 405 if code == 501 else (400 if code >= 500 else code)
         text = message or http.HTTPStatus(code).phrase
         self.cache_state = None
+        # Counted as unmatched, with no duration (as in the usage monitor): the
+        # request was refused before it was parsed far enough to be routed.
+        self.app.metrics.observe_request(getattr(self, "command", None), None, status, 0.0)
         self._send(error_response(status, text), head=False)
         self.app.monitor.record(None, status, 0.0)
         log.info("request method=%s path=%s status=%d reason=%s", _clean(getattr(self, "command", "") or "-"),
@@ -470,7 +488,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         started = time.monotonic()
         self.cache_state = None
         self.body = b""
-        template = None
+        template = route = None  # route: the template for the metrics, also for a 405
         session, tokens, cost = None, 0, None
         path = "-"
         try:
@@ -480,11 +498,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 raise ApiError(400, "invalid request target") from None
             path = parts.path
             template, handler, args = self.app.route(method, path)
+            route = template
             session, tokens, cost = self._usage_headers()
             if method == "POST":
                 self.body = self._read_body()
             response = handler(self, args, parts.query)
         except ApiError as exc:
+            route = route or exc.route
             response = error_response(exc.status, exc.message, exc.headers)
         except (schema.InvalidValue, schema.InvalidIdentifier) as exc:
             response = error_response(400, str(exc))
@@ -511,9 +531,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
             response.headers.setdefault("X-Cache", self.cache_state)
         elif template in ("/api/usage", "/api/alerts", "/api/predictions") and method in ("GET", "HEAD"):
             response.headers.setdefault("X-Cache", BYPASS)
+        # Counted before the response is sent, so that a client that has its
+        # answer finds it counted in its next scrape. Scrapes of /metrics are
+        # not counted: the request metrics describe the API's traffic, and a
+        # scrape must not change what the next one reads.
+        if route != METRICS_ROUTE:
+            self.app.metrics.observe_request(method, route, response.status, time.monotonic() - started)
         self._send(response, head=method == "HEAD")
         elapsed_ms = (time.monotonic() - started) * 1000.0
-        if template != "/health":
+        if template not in ("/health", METRICS_ROUTE):  # probes, not usage
             self.app.monitor.record(template, response.status, elapsed_ms, session, tokens, cost)
         log.info("request method=%s path=%s status=%d ms=%.1f cache=%s client=%s", method, _clean(path),
                  response.status, elapsed_ms, self.cache_state or "-", self.client_address[0])

@@ -42,6 +42,8 @@ class Cache:
         self._down_until = 0.0
         self._was_down = False
         self._pending = set()  # tables whose invalidation has not reached Redis yet
+        self._hits = 0  # get_or_load answers found in Redis
+        self._misses = 0  # ... asked of Redis but loaded from the database (BYPASS is neither)
         self._errors = (redis.RedisError, OSError)
         self.client = client
         if client is None and url:
@@ -120,9 +122,15 @@ class Cache:
         self._succeeded()
         if cached is not None:
             try:
-                return json.loads(cached), HIT
+                value = json.loads(cached)
             except ValueError:
                 log.warning("unreadable cache entry %s ignored", key)
+            else:
+                with self._lock:
+                    self._hits += 1
+                return value, HIT
+        with self._lock:
+            self._misses += 1
         # The version was read before the database: if a write lands meanwhile,
         # this (possibly older) result is stored under the old version, which
         # no reader asks for any more.
@@ -132,6 +140,12 @@ class Cache:
         except self._errors as exc:
             self._failed(exc)
         return value, MISS
+
+    def stats(self):
+        """{'hits': n, 'misses': n} since the start: reads Redis answered, with an entry or
+        without one (then loaded from the database). Bypassed reads count in neither."""
+        with self._lock:
+            return {"hits": self._hits, "misses": self._misses}
 
     # -- writes --------------------------------------------------------------------------
     def invalidate(self, table):

@@ -4,9 +4,10 @@ The guide's variables (DB_TYPE, DB_HOST, DB_PORT, DB_NAME, DB_USER,
 DB_PASSWORD / DB_PASSWORD_FILE, DATABASE_PATH, REDIS_URL, NODE_ENV,
 BMAD_EXECUTION_ENABLED, AUTO_PROJECT_GENERATION) plus the kit's optional
 extras, among them REDIS_PASSWORD_FILE (Redis's password read from a file, so
-that no secret need be in the container's environment). Every value is
-checked once, at start; a bad one raises ConfigError whose message starts
-with the variable's name, and the daemon exits.
+that no secret need be in the container's environment) and METRICS_ENABLED
+(GET /metrics on or off). Every value is checked once, at start; a bad one
+raises ConfigError whose message starts with the variable's name, and the
+daemon exits.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ class Config:
     cache_ttl: int = 30
     usage_interval: float = 60.0
     reconcile_interval: float = 10.0
+    # GET /metrics (Prometheus); METRICS_ENABLED=0 answers it with 404.
+    metrics_enabled: bool = True
 
     @property
     def features(self):
@@ -71,6 +74,7 @@ class Config:
         if self.redis_url and self.redis_password is not None:
             parts.append("redis_password=REDIS_PASSWORD_FILE")
         parts.append(f"port={self.port} node_env={self.node_env}")
+        parts.append(f"metrics={'on' if self.metrics_enabled else 'off'}")
         return " ".join(parts)
 
 
@@ -240,4 +244,5 @@ def load(env):
         cache_ttl=_int(env, "CACHE_TTL", 30, 1, 86400),
         usage_interval=_seconds(env, "USAGE_INTERVAL", 60.0),
         reconcile_interval=_seconds(env, "RECONCILE_INTERVAL", 10.0),
+        metrics_enabled=_bool(env, "METRICS_ENABLED", True),
     )

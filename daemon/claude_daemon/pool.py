@@ -43,6 +43,7 @@ class Pool:
         self._cond = threading.Condition()
         self._idle = []  # [(conn, released_at)], most recently used last
         self._size = 0  # idle + in use + being created
+        self._waiting = 0  # acquire() calls waiting for a connection to be free
         self._closed = False
         self._reaper = None
         self._stop = threading.Event()
@@ -70,7 +71,11 @@ class Pool:
                 if remaining <= 0:
                     raise PoolTimeout(f"no free database connection within {self.acquire_timeout:g} s "
                                       f"(all {self.maxconn} in use)")
-                self._cond.wait(remaining)
+                self._waiting += 1
+                try:
+                    self._cond.wait(remaining)
+                finally:
+                    self._waiting -= 1
         try:
             conn = self._connect()
         except BaseException:
@@ -170,9 +175,12 @@ class Pool:
             self._reaper.join(timeout=5)
 
     def stats(self):
+        """A consistent snapshot (taken under the pool's lock). in_use counts the
+        connections handed out and those being opened; waiting, the acquire()
+        calls blocked because all `maxconn` are in use."""
         with self._cond:
             return {"size": self._size, "idle": len(self._idle), "in_use": self._size - len(self._idle),
-                    "max": self.maxconn, "peak": self.peak, "created": self.created}
+                    "waiting": self._waiting, "max": self.maxconn, "peak": self.peak, "created": self.created}
 
 
 def _close_quietly(conn):
