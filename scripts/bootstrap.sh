@@ -77,6 +77,26 @@ step_packages() {
   fi
 }
 
+# promtool and amtool for the alert rules' tests (tests/prometheus/check.sh):
+# Debian's prometheus and prometheus-alertmanager packages, unpacked into
+# .cache/prometheus-tools rather than installed, because installing them
+# would also start a Prometheus and an Alertmanager on this machine.
+PROMETHEUS_TOOLS="$KIT_ROOT/.cache/prometheus-tools"
+step_prometheus_tools() {
+  [ "$PROFILE" = test ] || return 0
+  [ -x "$PROMETHEUS_TOOLS/usr/bin/promtool" ] && [ -x "$PROMETHEUS_TOOLS/usr/bin/amtool" ] && return 0
+  [ -f /etc/debian_version ] || { log "not Debian: install promtool and amtool yourself"; return 0; }
+  local work pkg
+  work=$(mktemp -d)
+  log "unpacking promtool and amtool (Debian's prometheus, prometheus-alertmanager) into $PROMETHEUS_TOOLS"
+  (cd "$work" && apt-get download -qq prometheus prometheus-alertmanager >/dev/null) ||
+    { apt-get update -qq && (cd "$work" && apt-get download -qq prometheus prometheus-alertmanager >/dev/null); } ||
+    die "cannot download Debian's prometheus and prometheus-alertmanager packages"
+  mkdir -p "$PROMETHEUS_TOOLS"
+  for pkg in "$work"/*.deb; do dpkg-deb -x "$pkg" "$PROMETHEUS_TOOLS"; done
+  rm -rf "$work"
+}
+
 # Installs a requirements file into the venv unless the same content already
 # is. The stamp covers the files it includes (-r) too: pass them after it.
 venv_requirements() {
@@ -357,6 +377,7 @@ main() {
     shift
   done
   step_packages
+  step_prometheus_tools
   step_venv
   step_collections
   step_collection_link

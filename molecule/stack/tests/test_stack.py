@@ -162,6 +162,23 @@ def test_postgresql_down_daemon_falls_back_to_sqlite_and_writes_succeed(host):
     time.sleep(12)
 
 
+def check_items(target, service):
+    """claude-kit-check on a host: (exit code, {check: (state, summary)})."""
+    result = target.run(f"/usr/local/bin/claude-kit-check --json {service}")
+    report = json.loads(result.stdout)
+    return result.rc, {c["name"]: (c["state"], c["summary"]) for s in report["services"] for c in s["checks"]}
+
+
+def test_while_postgresql_is_down_its_check_is_critical_and_the_daemons_say_sqlite_fallback(host):
+    rc, checks = check_items(DATA, "postgresql")
+    assert rc == 2 and checks["ready"][0] == "CRITICAL", checks["ready"]
+    # Nothing else can be measured without the server: UNKNOWN, never OK.
+    assert {state for name, (state, _s) in checks.items() if name != "ready"} == {"UNKNOWN"}
+    for app in APPS:
+        rc, checks = check_items(app, "daemon")
+        assert rc == 2 and checks["database"][0] == "CRITICAL" and "sqlite" in checks["database"][1].lower()
+
+
 def test_postgresql_back_every_fallback_row_copied_exactly_once(host):
     DATA.check_output(f"systemctl start {PG_SERVICE}")
     wait_for_database("postgresql")
@@ -205,6 +222,9 @@ def test_one_daemon_stopped_the_service_still_answers(host):
     try:
         answers = [http("GET", "/health")[0] for _ in range(20)] + [http("GET", "/api/alerts")[0] for _ in range(10)]
         assert answers == [200] * 30
+        # The stopped one's check says so.
+        rc, checks = check_items(APPS[0], "daemon")
+        assert rc == 2 and checks["container"][0] == "CRITICAL", checks["container"]
     finally:
         APPS[0].check_output("docker start claude-daemon")
     wait_for_database("postgresql", timeout=90)
