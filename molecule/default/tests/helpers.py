@@ -73,5 +73,6 @@ def run_module(pattern, module, args, become_user="postgres"):
         timeout=300,
         check=False,
     )
-    data = json.loads(proc.stdout[proc.stdout.index("{"):])
+    # The JSON document only: a callback enabled beside it (e.g. profile_tasks) may print after it.
+    data, _end = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.index("{"):])
     return {name: res for play in data["plays"] for task in play["tasks"] for name, res in task["hosts"].items()}
