@@ -120,10 +120,16 @@ def test_a_dump_killed_midway_leaves_nothing_that_counts_and_the_next_run_succee
 
 
 def test_every_run_leaves_metrics_for_monitoring(host):
-    # The program writes Prometheus textfile lines where node_exporter reads them.
-    host.check_output("install -d -o postgres -g postgres /var/lib/prometheus/node-exporter")
+    # The program writes Prometheus textfile lines where node_exporter reads
+    # them. The role made the directory (before any monitoring is installed,
+    # so the first backups' metrics are there too); the program, as postgres,
+    # may write in it, and node_exporter (its own user) may read the file.
+    textfile_dir = host.file("/var/lib/prometheus/node-exporter")
+    assert (textfile_dir.user, textfile_dir.group, textfile_dir.mode) == ("root", "postgres", 0o775)
     assert start_unit(host, "claude-kit-backup-dump.service").rc == 0
-    prom = host.file("/var/lib/prometheus/node-exporter/claude_kit_dump.prom").content_string
+    prom_file = host.file("/var/lib/prometheus/node-exporter/claude_kit_dump.prom")
+    assert prom_file.mode == 0o644
+    prom = prom_file.content_string
     assert 'claude_kit_backup_last_run_ok{method="dump"} 1' in prom
     assert "claude_kit_backup_last_success_timestamp_seconds" in prom
 
