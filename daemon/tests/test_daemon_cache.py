@@ -76,6 +76,19 @@ def test_a_frozen_redis_is_bypassed_quickly_and_invalidations_catch_up(redis_cle
     assert cache.get_or_load("alerts", ["q"], lambda: "x") == ("new", "HIT")
 
 
+def test_connections_closed_by_a_redis_restart_are_reopened_not_reported_down(redis_clean):
+    """Redis restarted (here: the daemon's connections killed server-side, as a restart
+    does): the next request reconnects instead of bypassing, and /health stays "ok"."""
+    cache = Cache(redis_clean.url, ttl=30)
+    assert cache.status() == "ok"
+    assert cache.get_or_load("alerts", ["q"], lambda: 1) == (1, "MISS")
+    assert redis_clean.admin.execute_command("CLIENT", "KILL", "USER", REDIS_USER) >= 1
+    assert cache.status() == "ok"
+    assert cache.get_or_load("alerts", ["q"], lambda: 2) == (1, "HIT")
+    redis_clean.admin.execute_command("CLIENT", "KILL", "USER", REDIS_USER)
+    assert cache.get_or_load("alerts", ["q"], lambda: 3) == (1, "HIT")
+
+
 def test_no_redis_listening_is_down_not_an_error():
     cache = Cache(f"redis://{REDIS_USER}:{REDIS_PASSWORD}@127.0.0.1:{free_port()}/0", ttl=30)
     assert cache.get_or_load("alerts", ["q"], lambda: 1) == (1, "BYPASS")
