@@ -9,6 +9,11 @@ version; a write INCRs the version, so every response cached before it
 becomes unreachable at once (and expires by itself) without KEYS or SCAN.
 Only PING GET SET INCR are used (the ACL also allows DEL UNLINK EXPIRE EXISTS).
 
+With a rediss:// URL the connection is TLS and the server's certificate is
+verified, chain and name (the URL's host, which may be an address): against
+the CA of REDIS_CA_FILE, or the system's trust store without one. A server
+that fails verification is "down" like one that does not answer.
+
 Redis is optional: with REDIS_URL empty the cache is "disabled"; when it
 does not answer within 0.2 s it is "down" for RETRY_AFTER seconds, reads go
 straight to the database (X-Cache: BYPASS) and writes remember which tables
@@ -22,6 +27,7 @@ import json
 import logging
 import threading
 import time
+import urllib.parse
 
 import redis
 
@@ -32,9 +38,21 @@ RETRY_AFTER = 1.0
 HIT, MISS, BYPASS = "HIT", "MISS", "BYPASS"
 
 
+def tls_options(url, ca_file=None):
+    """redis-py's keywords for the URL: for rediss://, verify the certificate's chain
+    (ca_file, or the system's trust store when None) and that it names the URL's host;
+    none for redis:// (a plain connection takes no TLS keywords)."""
+    if urllib.parse.urlsplit(url).scheme != "rediss":
+        if ca_file:
+            raise ValueError("a CA file needs a rediss:// URL")
+        return {}
+    return {"ssl_cert_reqs": "required", "ssl_check_hostname": True, "ssl_ca_certs": ca_file}
+
+
 class Cache:
-    def __init__(self, url, ttl, prefix="claude:", client=None, clock=time.monotonic, password=None):
-        """password: for the URL's user when the URL carries none (REDIS_PASSWORD_FILE)."""
+    def __init__(self, url, ttl, prefix="claude:", client=None, clock=time.monotonic, password=None, ca_file=None):
+        """password: for the URL's user when the URL carries none (REDIS_PASSWORD_FILE).
+        ca_file: the CA a rediss:// server is verified against (REDIS_CA_FILE); None = the system's."""
         self.ttl = ttl
         self.prefix = prefix
         self._clock = clock
@@ -57,6 +75,7 @@ class Cache:
                 socket_connect_timeout=SOCKET_TIMEOUT,
                 retry_on_timeout=False,
                 health_check_interval=0,
+                **tls_options(url, ca_file),
             )
 
     @property

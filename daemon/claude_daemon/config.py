@@ -4,7 +4,8 @@ The guide's variables (DB_TYPE, DB_HOST, DB_PORT, DB_NAME, DB_USER,
 DB_PASSWORD / DB_PASSWORD_FILE, DATABASE_PATH, REDIS_URL, NODE_ENV,
 BMAD_EXECUTION_ENABLED, AUTO_PROJECT_GENERATION) plus the kit's optional
 extras, among them REDIS_PASSWORD_FILE (Redis's password read from a file, so
-that no secret need be in the container's environment) and METRICS_ENABLED
+that no secret need be in the container's environment), REDIS_CA_FILE (the CA
+a rediss:// server's certificate is verified against) and METRICS_ENABLED
 (GET /metrics on or off). Every value is checked once, at start; a bad one
 raises ConfigError whose message starts with the variable's name, and the
 daemon exits.
@@ -13,6 +14,7 @@ daemon exits.
 from __future__ import annotations
 
 import dataclasses
+import ssl
 import urllib.parse
 
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
@@ -36,6 +38,9 @@ class Config:
     redis_url: str = dataclasses.field(default="", repr=False)
     # From REDIS_PASSWORD_FILE (REDIS_URL then carries none); None = as the URL says.
     redis_password: str | None = dataclasses.field(default=None, repr=False)
+    # From REDIS_CA_FILE, rediss:// only; None = the system's trust store. A
+    # rediss:// server's certificate is always verified, its name included.
+    redis_ca_file: str | None = None
     node_env: str = "development"
     bmad_execution_enabled: bool = False
     auto_project_generation: bool = False
@@ -59,6 +64,11 @@ class Config:
         }
 
     @property
+    def redis_tls(self):
+        """True for a rediss:// URL: TLS, the server's certificate and name verified."""
+        return is_tls_url(self.redis_url)
+
+    @property
     def redis_url_redacted(self):
         return redact_url(self.redis_url)
 
@@ -73,9 +83,16 @@ class Config:
         parts.append(f"redis={self.redis_url_redacted or 'disabled'}")
         if self.redis_url and self.redis_password is not None:
             parts.append("redis_password=REDIS_PASSWORD_FILE")
+        if self.redis_tls:
+            parts.append(f"redis_ca={self.redis_ca_file or 'system-trust-store'}")
         parts.append(f"port={self.port} node_env={self.node_env}")
         parts.append(f"metrics={'on' if self.metrics_enabled else 'off'}")
         return " ".join(parts)
+
+
+def is_tls_url(url):
+    """True for a rediss:// URL (any case)."""
+    return urllib.parse.urlsplit(url).scheme == "rediss" if url else False
 
 
 def redact_url(url):
@@ -175,6 +192,12 @@ def _redis_url(env):
     path = parts.path.strip("/")
     if path and not path.isdigit():
         raise ConfigError(f"REDIS_URL: the database number must be an integer, got {path!r}")
+    # redis-py lets the URL's query override the client's TLS options
+    # (?ssl_cert_reqs=none would switch verification off): not accepted.
+    tls_options = sorted({name for name in urllib.parse.parse_qs(parts.query) if name.startswith("ssl")})
+    if tls_options:
+        raise ConfigError(f"REDIS_URL: TLS options in the URL are not accepted ({', '.join(tls_options)}); "
+                          "a rediss:// server is always verified, against REDIS_CA_FILE or the system's trust store")
     del port
     return url
 
@@ -199,6 +222,32 @@ def _redis_password(env, url):
     if password == "":
         raise ConfigError(f"REDIS_PASSWORD_FILE: {path} is empty")
     return password
+
+
+def _redis_ca_file(env, url):
+    """REDIS_CA_FILE, checked to hold at least one PEM certificate; None when unset or empty.
+
+    Only for a rediss:// URL: with redis:// the file would be silently unused
+    and the connection plain text, so that is refused. A rediss:// URL without
+    it verifies the server against the system's trust store (a managed Redis
+    with a publicly trusted certificate); verification is never off.
+    """
+    path = _text(env, "REDIS_CA_FILE", "").strip()
+    if not path:
+        return None
+    if not url:
+        raise ConfigError("REDIS_CA_FILE: is set but REDIS_URL is empty; "
+                          "set REDIS_URL (rediss://user@host:6379/0) or unset REDIS_CA_FILE")
+    if not is_tls_url(url):
+        raise ConfigError(f"REDIS_CA_FILE: is set but REDIS_URL is not a TLS URL; use rediss://user@host:port/db "
+                          f"(got {redact_url(url)}) or unset REDIS_CA_FILE")
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=path)
+    except ssl.SSLError:
+        raise ConfigError(f"REDIS_CA_FILE: {path} holds no PEM certificate") from None
+    except OSError as exc:
+        raise ConfigError(f"REDIS_CA_FILE: cannot read {path}: {exc.strerror or exc}") from None
+    return path
 
 
 def load(env):
@@ -231,6 +280,7 @@ def load(env):
         database_path=database_path,
         redis_url=redis_url,
         redis_password=_redis_password(env, redis_url),
+        redis_ca_file=_redis_ca_file(env, redis_url),
         node_env=node_env,
         bmad_execution_enabled=_bool(env, "BMAD_EXECUTION_ENABLED"),
         auto_project_generation=_bool(env, "AUTO_PROJECT_GENERATION"),
