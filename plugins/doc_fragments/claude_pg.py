@@ -30,12 +30,16 @@ options:
     default: 5432
     aliases: [port]
   ssl_mode:
-    description: libpq sslmode for TCP connections (ignored on the socket).
+    description:
+      - libpq sslmode for TCP connections (ignored on the socket).
+      - Unset, C(verify-full) when I(login_host) is a TCP host (give I(ca_cert); the server's certificate must
+        name I(login_host)), C(prefer) on the socket.
     type: str
-    default: prefer
     choices: [allow, disable, prefer, require, verify-ca, verify-full]
   ca_cert:
-    description: CA certificate to verify the server with.
+    description:
+      - CA certificate to verify the server with (libpq sslrootcert). Needed for C(verify-ca) and C(verify-full),
+        unless libpq's own default file (~/.postgresql/root.crt) holds it.
     type: path
     aliases: [ssl_rootcert]
   ssl_cert:

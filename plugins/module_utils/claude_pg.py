@@ -37,11 +37,11 @@ def pg_argument_spec():
         login_host=dict(type="str", default=""),
         login_unix_socket=dict(type="str", default=""),
         login_port=dict(type="int", default=5432, aliases=["port"]),
-        # Same default as community.postgresql; it does not matter on the local
-        # socket the roles use. Over TCP in production use verify-full + ca_cert.
+        # No fixed default: unset means verify-full over TCP (with ca_cert, the
+        # server's certificate must name login_host) and prefer on the socket,
+        # where libpq ignores it (ssl_mode_for).
         ssl_mode=dict(
             type="str",
-            default="prefer",
             choices=["allow", "disable", "prefer", "require", "verify-ca", "verify-full"],
         ),
         ca_cert=dict(type="path", aliases=["ssl_rootcert"]),
@@ -51,21 +51,31 @@ def pg_argument_spec():
     )
 
 
+def ssl_mode_for(params, host):
+    """The sslmode: the one given, else verify-full for a TCP host and prefer for the socket.
+
+    A host starting with "/" is a socket directory to libpq, as is no host at all.
+    """
+    if params.get("ssl_mode"):
+        return params["ssl_mode"]
+    return "verify-full" if host and not host.startswith("/") else "prefer"
+
+
 def connect_kwargs(params, db):
     """psycopg2.connect() keyword arguments from module params (pure; unit-tested)."""
+    host = params.get("login_host") or params.get("login_unix_socket")
     kwargs = {
         "dbname": db,
         "user": params.get("login_user") or None,
         "password": params.get("login_password") or None,
         "port": params.get("login_port"),
-        "sslmode": params.get("ssl_mode"),
+        "sslmode": ssl_mode_for(params, host),
         "sslrootcert": params.get("ca_cert"),
         "sslcert": params.get("ssl_cert"),
         "sslkey": params.get("ssl_key"),
         "connect_timeout": params.get("connect_timeout"),
         "application_name": "claude-kit",
     }
-    host = params.get("login_host") or params.get("login_unix_socket")
     if host:
         kwargs["host"] = host
     return {key: value for key, value in kwargs.items() if value not in (None, "")}

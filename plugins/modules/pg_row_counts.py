@@ -81,7 +81,7 @@ EXAMPLES = r"""
     login_user: claude_app
     login_password: "{{ vault_postgresql_app_password }}"
     ssl_mode: verify-full
-    ca_cert: /etc/ssl/certs/claude-ca.pem
+    ca_cert: /etc/claude-kit/tls/ca.crt
 """
 
 RETURN = r"""

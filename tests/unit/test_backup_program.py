@@ -144,3 +144,13 @@ def test_a_partial_write_never_replaces_the_target(tmp_path):
         ckb.write_atomic(str(target), Boom("new"))
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+
+
+def test_dumps_verify_the_server_over_tls(monkeypatch):
+    cfg = {"passfile": "/etc/claude-kit/backup.pgpass", "sslmode": "verify-full", "sslrootcert": "/ca.crt"}
+    # A PGSSLMODE of the caller's environment never weakens the dump's connection.
+    monkeypatch.setenv("PGSSLMODE", "disable")
+    env = ckb.dump_env(cfg)
+    assert (env["PGSSLMODE"], env["PGSSLROOTCERT"]) == ("verify-full", "/ca.crt")
+    # A config written before sslmode existed still verifies.
+    assert ckb.tls_settings({"passfile": "p"}) == {"sslmode": "verify-full"}

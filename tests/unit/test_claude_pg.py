@@ -30,6 +30,20 @@ def test_tcp_connection_with_tls():
     assert (kwargs["host"], kwargs["password"], kwargs["sslmode"], kwargs["sslrootcert"]) == ("db1", "s3cret", "verify-full", "/ca.pem")
 
 
+def test_tcp_without_ssl_mode_verifies_the_server():
+    kwargs = claude_pg.connect_kwargs(params(login_host="10.0.0.5", ca_cert="/ca.pem"), "d")
+    assert (kwargs["sslmode"], kwargs["sslrootcert"]) == ("verify-full", "/ca.pem")
+
+
+@pytest.mark.parametrize("socket", [{}, {"login_unix_socket": "/run/postgresql"}, {"login_host": "/var/run/postgresql"}])
+def test_socket_without_ssl_mode_keeps_prefer(socket):
+    assert claude_pg.connect_kwargs(params(**socket), "d")["sslmode"] == "prefer"
+
+
+def test_an_explicit_ssl_mode_wins():
+    assert claude_pg.connect_kwargs(params(login_host="127.0.0.1", ssl_mode="disable"), "d")["sslmode"] == "disable"
+
+
 @pytest.mark.parametrize("name", ["usage_data", "_x", "A1$"])
 def test_valid_identifiers(name):
     assert claude_pg.check_identifier(name, "table") == name
