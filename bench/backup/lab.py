@@ -3,7 +3,7 @@ operator sees it.
 
 For each method (restore_method=dump, restore_method=pgbackrest), in alternation:
 `./kit run ansible-playbook playbooks/restore.yml -e restore_method=METHOD`, timed from its start
-until, after it has ended, Nginx's http://127.0.0.1:<lab_http_port>/health answers
+until, after it has ended, Nginx's https://127.0.0.1:<lab_https_port>/health answers
 "database": "postgresql" twice in a row (Nginx balances over the two app hosts: two answers in a
 row are normally one from each). A thread polls /health during the playbook too, to show when
 clients stopped seeing PostgreSQL: the dump method stops the daemons for the swap (Nginx answers
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import statistics
 import subprocess
 import threading
@@ -34,14 +35,18 @@ POLL = 0.25  # seconds between two /health requests
 
 def health_url():
     with open(os.path.join(ROOT, "inventory", "lab", "group_vars", "all", "lab.yml"), encoding="utf-8") as handle:
-        port = yaml.safe_load(handle).get("lab_http_port", 80)
-    return f"http://127.0.0.1:{port}/health"
+        port = yaml.safe_load(handle).get("lab_https_port", 443)
+    return f"https://127.0.0.1:{port}/health"
+
+
+# Nginx's certificate is signed by the lab's CA (the tls role's tls_pki_dir).
+LAB_CA = os.path.join(ROOT, "inventory", "lab", "credentials", "tls", "ca.crt")
 
 
 def database(url):
     """What /health says the daemon uses: postgresql, sqlite, unavailable; None when nothing answers JSON."""
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with urllib.request.urlopen(url, timeout=2, context=ssl.create_default_context(cafile=LAB_CA)) as response:
             return json.load(response).get("database")
     except urllib.error.HTTPError as error:  # a 503 still carries the daemon's JSON; Nginx's 502 does not
         try:

@@ -36,7 +36,7 @@ guide's gunzip | psql, and pgBackRest (as the kit configures it) against pg_base
    copy that was never synced pays for it at start), with archive_mode off.
 3. --lab: against the local lab (`./kit deploy`), `./kit run ansible-playbook playbooks/restore.yml`
    with restore_method=dump and =pgbackrest, each timed from the playbook's start until
-   http://127.0.0.1/health answers "database": "postgresql" again after the playbook has ended.
+   https://127.0.0.1/health answers "database": "postgresql" again after the playbook has ended.
 
 Prints the medians, the ratios kit_dump/pg_dump (target at most 1.2), gunzip_psql/kit_restore
 (target at least 2), pgbackrest_backup/pg_basebackup, pgbackrest_restore/basebackup_restore, the

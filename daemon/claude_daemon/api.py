@@ -145,7 +145,8 @@ class App:
     def __init__(self, cfg, db=None, cache=None):
         self.cfg = cfg
         self.db = db or Database(cfg)
-        self.cache = cache or Cache(cfg.redis_url, cfg.cache_ttl, password=cfg.redis_password)
+        self.cache = cache or Cache(cfg.redis_url, cfg.cache_ttl, password=cfg.redis_password,
+                                    ca_file=cfg.redis_ca_file)
         self.monitor = UsageMonitor(self.db, cfg.usage_interval)
         self.db.add_listener(self._invalidate)
         self.dashboard = load_dashboard()

@@ -48,6 +48,7 @@ NGINX_TH = {"active_warning": 500, "active_critical": 900, "dropped_warning": 1,
             "http_5xx_warning": 0.01, "http_5xx_critical": 0.05, "http_5xx_min_requests": 20}
 DAEMON_TH = {"pending_sync_warning": 1, "pending_sync_critical": 1000, "restarts_warning": 1, "restarts_critical": 3}
 BACKUP_TH = {"age_warning_hours": 25, "age_critical_hours": 26, "drill_warning_days": 8}
+CERT_TH = {"expiry_warning_days": 21, "expiry_critical_days": 7}
 
 
 def config(tmp_path, **sections):
@@ -66,6 +67,8 @@ def config(tmp_path, **sections):
                    "thresholds": dict(DAEMON_TH)},
         "backup": {"state_dir": str(tmp_path / "backup"), "methods": ["dump", "pgbackrest"], "drill": True,
                    "thresholds": dict(BACKUP_TH)},
+        "certificate": {"files": {"server": str(tmp_path / "server.crt"), "ca": str(tmp_path / "ca.crt")},
+                        "thresholds": dict(CERT_TH)},
     }
     cfg.update(sections)
     return cfg
@@ -944,6 +947,115 @@ def test_unreadable_backup_state(tmp_path):
     items, _state = ckc.check_backup(section, {}, NOW)
     assert [item.code for item in items] == [UNKNOWN] * 3
     assert "cannot read the backup state directory" in items[0].summary
+
+
+# --- certificates -----------------------------------------------------------------
+
+def make_certificate(not_after, issuer_key=None, name="host"):
+    """A PEM certificate expiring at not_after (a datetime), made with the
+    cryptography package (ansible-core's own dependency)."""
+    from cryptography import x509  # pylint: disable=import-outside-toplevel
+    from cryptography.hazmat.primitives import hashes, serialization  # pylint: disable=import-outside-toplevel
+    from cryptography.hazmat.primitives.asymmetric import ec  # pylint: disable=import-outside-toplevel
+    from cryptography.x509.oid import NameOID  # pylint: disable=import-outside-toplevel
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(datetime.datetime(2020, 1, 1, tzinfo=datetime.UTC)).not_valid_after(not_after)
+            .sign(issuer_key or key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def in_days(days):
+    return datetime.datetime.fromtimestamp(NOW + days * 86400, datetime.UTC).replace(microsecond=0)
+
+
+@pytest.mark.parametrize("when", [
+    datetime.datetime(2027, 1, 3, 11, 21, 36, tzinfo=datetime.UTC),   # UTCTime (before 2050)
+    datetime.datetime(2051, 6, 1, 0, 0, 0, tzinfo=datetime.UTC),      # GeneralizedTime (2050 and later)
+])
+def test_the_expiry_is_read_from_the_certificate_itself(when):
+    assert ckc.pem_not_after(make_certificate(when)) == when.timestamp()
+
+
+def test_a_file_with_a_chain_expires_with_its_first_certificate_to_expire():
+    chain = make_certificate(in_days(300), name="leaf") + make_certificate(in_days(40), name="intermediate")
+    assert ckc.pem_not_after(chain) == pytest.approx(NOW + 40 * 86400)
+
+
+@pytest.mark.parametrize("days, code", [
+    (397, OK), (21.01, OK), (21, WARNING), (7.01, WARNING), (7, CRITICAL), (0.5, CRITICAL), (-3, CRITICAL),
+])
+def test_days_until_expiry_against_the_thresholds(tmp_path, days, code):
+    path = tmp_path / "server.crt"
+    path.write_text(make_certificate(in_days(days)))
+    item = ckc.certificate_item("server", str(path), NOW, CERT_TH)
+    assert item.code == code and item.value == pytest.approx(days * 86400, abs=1)
+    assert (item.warning, item.critical) == (21 * 86400, 7 * 86400)
+    if code in (WARNING, CRITICAL):
+        assert item.breach == ("<= 7d" if code == CRITICAL else "<= 21d")
+
+
+def test_the_summary_says_when_it_expires_or_expired(tmp_path):
+    path = tmp_path / "server.crt"
+    path.write_text(make_certificate(datetime.datetime(2027, 1, 3, 11, 21, tzinfo=datetime.UTC)))
+    item = ckc.certificate_item("server", str(path), NOW, CERT_TH)
+    assert item.summary == f"expires in 31d 23h (2027-01-03 11:21 UTC), {path}"
+    path.write_text(make_certificate(datetime.datetime(2026, 11, 29, 12, 0, tzinfo=datetime.UTC)))
+    item = ckc.certificate_item("server", str(path), NOW, CERT_TH)
+    assert item.code == CRITICAL and item.summary.startswith("expired 3d ago (2026-11-29 12:00 UTC)")
+
+
+def test_a_missing_certificate_is_critical_and_one_that_cannot_be_read_unknown(tmp_path):
+    missing = ckc.certificate_item("ca", str(tmp_path / "ca.crt"), NOW, CERT_TH)
+    assert missing.code == CRITICAL and missing.summary.endswith("ca.crt is missing")
+    for text, reason in (("not a certificate\n", "no PEM certificate in it"),
+                         ("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n", "bad DER length"),
+                         ("-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n", "bad base64")):
+        (tmp_path / "bad.crt").write_text(text)
+        item = ckc.certificate_item("server", str(tmp_path / "bad.crt"), NOW, CERT_TH)
+        assert item.code == UNKNOWN and reason in item.summary, item.summary
+    lines = make_certificate(in_days(100)).splitlines()
+    (tmp_path / "cut.crt").write_text("\n".join(lines[:2] + lines[-1:]) + "\n")  # one line of base64 only
+    item = ckc.certificate_item("server", str(tmp_path / "cut.crt"), NOW, CERT_TH)
+    assert item.code == UNKNOWN and "truncated DER" in item.summary
+    (tmp_path / "dir.crt").mkdir()
+    assert ckc.certificate_item("server", str(tmp_path / "dir.crt"), NOW, CERT_TH).code == UNKNOWN
+
+
+def test_the_certificate_check_reads_every_configured_file(tmp_path):
+    (tmp_path / "server.crt").write_text(make_certificate(in_days(10)))
+    (tmp_path / "ca.crt").write_text(make_certificate(in_days(3650)))
+    items, state = ckc.check_certificate(config(tmp_path)["certificate"], {}, NOW)
+    assert [(item.name, item.code) for item in items] == [("server", WARNING), ("ca", OK)] and state is None
+    assert ckc.service_summary("certificate", items).startswith("server expires in 10d (")
+
+
+def test_the_certificate_check_from_the_command_line(tmp_path, capsys):
+    (tmp_path / "server.crt").write_text(make_certificate(in_days(3650)))
+    (tmp_path / "ca.crt").write_text(make_certificate(in_days(3650)))
+    path = write_config(tmp_path, config(tmp_path, checks=["certificate"]))
+    assert ckc.main(["--config", path, "--no-textfile", "all"]) == 0
+    assert capsys.readouterr().out.startswith("CERTIFICATE OK - all 2 checks OK; server expires in ")
+    # A warning threshold above the days left: WARNING, exit 1, in days.
+    assert ckc.main(["--config", path, "--no-textfile", "--json", "--threshold",
+                     "certificate.expiry_warning_days=4000", "certificate"]) == 1
+    checks = json.loads(capsys.readouterr().out)["services"][0]["checks"]
+    assert [(c["name"], c["state"], c["warning"]) for c in checks] == [("server", "WARNING", 4000 * 86400),
+                                                                         ("ca", "WARNING", 4000 * 86400)]
+
+
+def test_certificate_files_must_be_named_paths(tmp_path):
+    cfg = config(tmp_path)
+    cfg["certificate"]["files"] = ["/etc/claude-kit/tls/server.crt"]
+    with pytest.raises(ckc.UsageError, match=r"certificate\.files must map names to files"):
+        ckc.validate(cfg, ["certificate"], "check.json")
+    del cfg["certificate"]["thresholds"]["expiry_critical_days"]
+    cfg["certificate"]["files"] = {"server": "/x"}
+    with pytest.raises(ckc.UsageError, match=r"missing key certificate\.thresholds\.expiry_critical_days$"):
+        ckc.validate(cfg, ["certificate"], "check.json")
 
 
 # --- outputs ----------------------------------------------------------------------

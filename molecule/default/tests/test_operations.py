@@ -282,7 +282,7 @@ def test_a_setting_no_longer_declared_is_reset_and_reported_as_a_change(host, se
     assert rc == 0, output[-3000:]
     assert recap[name]["changed"] >= 1
     assert "Reset (no longer declared): log_min_duration_statement" in output
-    assert after[name][0] == "-1"  # PostgreSQL's default again
+    assert after[name][0] == "1s"  # the role's own value again (conf.d, postgresql_log_min_duration_statement)
 
 
 def test_a_hand_made_setting_is_reported_not_removed(host, settings_reset):

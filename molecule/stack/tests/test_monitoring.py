@@ -114,8 +114,8 @@ def held_sessions(count, idle_in_transaction=False):
 # --- a healthy stack -----------------------------------------------------------
 
 def test_every_check_is_ok_on_the_healthy_stack(host):
-    expected = {"stack-data": {"postgresql", "redis", "nginx", "backup"},
-                "stack-app1": {"daemon"}, "stack-app2": {"daemon"}}
+    expected = {"stack-data": {"postgresql", "redis", "nginx", "backup", "certificate"},
+                "stack-app1": {"daemon", "certificate"}, "stack-app2": {"daemon", "certificate"}}
     for name, target in HOSTS.items():
         rc, report = run_check(target)
         assert {s["service"] for s in report["services"]} == expected[name]
@@ -253,6 +253,7 @@ def test_a_check_that_cannot_reach_what_it_checks_is_unknown_not_ok(host):
     config["redis"]["password_file"] = "/run/claude-test-wrong-password"
     config["nginx"]["status_url"] = config["nginx"]["status_url"].replace("/nginx_status", "/no_such_page")
     config["backup"]["state_dir"] = "/nonexistent/backup"
+    config["certificate"]["files"] = {"server": "/etc/hostname"}  # a file, but no certificate in it
     DATA.check_output("printf %s not-the-password > /run/claude-test-wrong-password")
     DATA.check_output(f"printf %s {shlex.quote(json.dumps(config))} > /run/claude-test-check.json")
     try:
@@ -260,7 +261,8 @@ def test_a_check_that_cannot_reach_what_it_checks_is_unknown_not_ok(host):
     finally:
         DATA.run("rm -rf /run/claude-test-check.json /run/claude-test-wrong-password /run/claude-test-check-state")
     services = {s["service"]: s["state"] for s in report["services"]}
-    assert services == {"postgresql": "UNKNOWN", "redis": "UNKNOWN", "nginx": "UNKNOWN", "backup": "UNKNOWN"}
+    assert services == {"postgresql": "UNKNOWN", "redis": "UNKNOWN", "nginx": "UNKNOWN", "backup": "UNKNOWN",
+                        "certificate": "UNKNOWN"}
     assert rc == 3
     assert "no_such_role" in items(report)[("postgresql", "connections")][1]
 

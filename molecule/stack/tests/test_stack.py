@@ -4,10 +4,15 @@ The tests run in file order: they stop and start PostgreSQL and a daemon, so
 each later test starts from the state the earlier one leaves.
 """
 
+import base64
+import functools
+import hashlib
 import html.parser
 import json
 import os
 import shutil
+import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -18,6 +23,8 @@ import uuid
 import pytest
 import testinfra
 import testinfra.utils.ansible_runner
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY).get_hosts("web")
@@ -37,8 +44,35 @@ APPS = [get_host("stack-app1"), get_host("stack-app2")]
 PG_SERVICE = "postgresql@15-main"
 
 
+@functools.cache
+def web_address():
+    """The web host's address (asked once: each question is a round trip through Ansible)."""
+    return DATA.interface("eth0").addresses[0]
+
+
 def base_url():
-    return f"http://{DATA.interface('eth0').addresses[0]}"
+    """Nginx's site: HTTPS only (plain HTTP is a redirect, test_security_nginx.py)."""
+    port = int(KIT.get("nginx_https_port", 443))
+    return f"https://{web_address()}" + ("" if port == 443 else f":{port}")
+
+
+@functools.cache
+def tls_context():
+    """Verifies Nginx's certificate against the CA the tls role installed on the hosts, and its
+    name against the web host's address (the IP SAN), as any client of the kit does."""
+    ca = DATA.file(KIT.get("kit_tls_ca_file", "/etc/claude-kit/tls/ca.crt")).content_string
+    return ssl.create_default_context(cadata=ca)
+
+
+def verified_spki_pin():
+    """base64 SHA-256 of the public key Nginx serves, taken from a handshake that verified the
+    certificate chain and name: Chromium trusts exactly that key, nothing else."""
+    port = int(KIT.get("nginx_https_port", 443))
+    with socket.create_connection((web_address(), port), timeout=10) as raw:
+        with tls_context().wrap_socket(raw, server_hostname=web_address()) as tls:
+            der = tls.getpeercert(binary_form=True)
+    spki = x509.load_der_x509_certificate(der).public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
 def http(method, path, body=None, timeout=10):
@@ -48,7 +82,7 @@ def http(method, path, body=None, timeout=10):
     if data is not None:
         req.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=tls_context()) as resp:
             status, headers, raw = resp.status, resp.headers, resp.read()
     except urllib.error.HTTPError as err:
         status, headers, raw = err.code, err.headers, err.read()
@@ -253,7 +287,7 @@ class _DomProbe(html.parser.HTMLParser):
             self._in_chart = False
 
 
-def test_dashboard_in_a_real_browser_shows_usage_and_alerts(host):
+def test_dashboard_in_a_real_browser_over_https_shows_usage_and_alerts_under_its_csp(host):
     browser = shutil.which("chromium")
     assert browser, "chromium is installed by scripts/bootstrap.sh"
     created = [f"stack-{RUN_ID}-browser-{i}" for i in range(3)]
@@ -263,14 +297,23 @@ def test_dashboard_in_a_real_browser_shows_usage_and_alerts(host):
     assert len(usage_rows) >= 1, "the usage monitor has written rows by now"
     profile = tempfile.mkdtemp(prefix="kit-chromium-")
     try:
-        dom = subprocess.run(
+        # Over HTTPS, trusting only the key of the certificate verified against the kit's CA
+        # (a pin, not --ignore-certificate-errors: any other certificate still fails). The console
+        # goes to stderr, where a Content Security Policy violation would show.
+        run = subprocess.run(
             [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--virtual-time-budget=8000", "--dump-dom", base_url() + "/"],
+             f"--user-data-dir={profile}", f"--ignore-certificate-errors-spki-list={verified_spki_pin()}",
+             "--enable-logging=stderr", "--v=0",
+             "--virtual-time-budget=8000", "--dump-dom", base_url() + "/"],
             capture_output=True, text=True, timeout=120, check=True,
-        ).stdout
+        )
     finally:
         shutil.rmtree(profile, ignore_errors=True)
+    dom = run.stdout
+    # The page and its script ran under the policies Nginx and the daemon sent: nothing refused.
+    console = [line for line in run.stderr.splitlines() if "CONSOLE" in line]
+    assert not [line for line in console if "Content Security Policy" in line], console
     probe = _DomProbe()
     probe.feed(dom)
     assert set(created) <= probe.alert_ids, dom[:2000]

@@ -9,10 +9,11 @@ import os
 import pathlib
 import re
 import subprocess
-import urllib.request
 
 import testinfra
 import testinfra.utils.ansible_runner
+
+from test_stack import http
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 CONVERGE = str(pathlib.Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"]) / "converge.yml")
@@ -72,8 +73,8 @@ def test_daemons_listen_on_the_renamed_port_and_nginx_follows(host):
     conf = DATA.file("/etc/nginx/nginx.conf").content_string
     upstreams = [line for line in conf.splitlines() if line.strip().startswith("server ") and "max_fails" in line]
     assert len(upstreams) == len(APPS) and all(f":{port} " in line for line in upstreams), upstreams
-    with urllib.request.urlopen(f"http://{DATA.interface('eth0').addresses[0]}/health", timeout=10) as resp:
-        assert resp.status == 200
+    # Through Nginx, over HTTPS with the kit's CA (test_stack.http).
+    assert http("GET", "/health")[0] == 200
 
 
 def test_no_secret_in_the_daemon_containers_environment(host):
