@@ -22,8 +22,8 @@ import uuid
 
 import pytest
 
-from .daemon_helpers import (APP, APP_PASSWORD, OWNER, REDIS_ADMIN_PASSWORD, REDIS_PASSWORD, REDIS_USER, ROOT,
-                            DaemonProcess, PgDb, RedisServer, free_port)
+from .daemon_helpers import (APP, APP_PASSWORD, OWNER, ROOT,
+                            DaemonProcess, PgDb, RedisServer, free_port, start_redis)
 
 HERE = pathlib.Path(__file__).resolve().parent
 SERVER_FIXTURES = frozenset({"pg_server", "redis_server"})
@@ -115,31 +115,8 @@ def pg_paused(pg_server):
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
-    import redis
-
-    binary = "/usr/bin/redis-server"
-    assert os.path.exists(binary), "redis-server missing: apt-get install -y redis-server (scripts/bootstrap.sh does)"
     port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--daemonize", "no", "--dir", str(workdir), "--requirepass", REDIS_ADMIN_PASSWORD],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    admin = redis.Redis(host="127.0.0.1", port=port, password=REDIS_ADMIN_PASSWORD, socket_timeout=2)
-    deadline = time.time() + 10
-    while True:
-        try:
-            admin.ping()
-            break
-        except redis.ConnectionError:
-            if time.time() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.05)
-    # The kit's ACL for the daemon: these commands, on claude:* keys, nothing else.
-    admin.execute_command(
-        "ACL", "SETUSER", REDIS_USER, "reset", "on", f">{REDIS_PASSWORD}", "~claude:*", "resetchannels",
-        "-@all", "+ping", "+get", "+set", "+del", "+unlink", "+incr", "+expire", "+exists")
+    proc, admin = start_redis(tmp_path_factory.mktemp("redis"), ["--port", str(port)], port=port)
     server = RedisServer(port, proc, admin)
     yield server
     server.thaw()

@@ -175,3 +175,33 @@ class DaemonProcess:
 
     def log(self):
         return pathlib.Path(self.logfile).read_text(errors="replace")
+
+
+def start_redis(workdir, listen_args, **client_options):
+    """redis-server (no persistence, admin password REDIS_ADMIN_PASSWORD) with listen_args,
+    once it answers PING, and the kit's ACL user for the daemon: (process, admin client).
+    client_options: how the admin client reaches it (host, port, ssl ...)."""
+    import redis
+
+    binary = "/usr/bin/redis-server"
+    assert os.path.exists(binary), "redis-server missing: apt-get install -y redis-server (scripts/bootstrap.sh does)"
+    proc = subprocess.Popen(
+        [binary, *listen_args, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--daemonize", "no", "--dir", str(workdir), "--requirepass", REDIS_ADMIN_PASSWORD],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    admin = redis.Redis(host="127.0.0.1", password=REDIS_ADMIN_PASSWORD, socket_timeout=2, **client_options)
+    deadline = time.time() + 10
+    while True:
+        try:
+            admin.ping()
+            break
+        except redis.ConnectionError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise
+            time.sleep(0.05)
+    # The kit's ACL for the daemon: these commands, on claude:* keys, nothing else.
+    admin.execute_command(
+        "ACL", "SETUSER", REDIS_USER, "reset", "on", f">{REDIS_PASSWORD}", "~claude:*", "resetchannels",
+        "-@all", "+ping", "+get", "+set", "+del", "+unlink", "+incr", "+expire", "+exists")
+    return proc, admin

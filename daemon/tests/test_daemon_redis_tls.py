@@ -12,7 +12,7 @@ import redis
 from claude_daemon.cache import Cache, tls_options
 from claude_daemon.config import ConfigError
 
-from .daemon_helpers import REDIS_ADMIN_PASSWORD, REDIS_PASSWORD, REDIS_USER, config, free_port
+from .daemon_helpers import REDIS_PASSWORD, REDIS_USER, config, free_port, start_redis
 
 # --- REDIS_CA_FILE --------------------------------------------------------------------
 
@@ -135,30 +135,12 @@ class TlsRedis:
 @pytest.fixture(scope="module")
 def tls_redis(tmp_path_factory, pki):
     """redis-server with `port 0` and a TLS port, its certificate naming 127.0.0.1 only."""
-    binary = "/usr/bin/redis-server"
-    assert shutil.which(binary), "redis-server missing: apt-get install -y redis-server (scripts/bootstrap.sh does)"
     port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--tls-cert-file", pki["cert"],
-         "--tls-key-file", pki["key"], "--tls-ca-cert-file", pki["ca"], "--tls-auth-clients", "no",
-         "--tls-protocols", "TLSv1.2 TLSv1.3", "--save", "", "--appendonly", "no", "--daemonize", "no",
-         "--dir", str(tmp_path_factory.mktemp("redis-tls")), "--requirepass", REDIS_ADMIN_PASSWORD],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    admin = redis.Redis(host="127.0.0.1", port=port, password=REDIS_ADMIN_PASSWORD, ssl=True, ssl_ca_certs=pki["ca"],
-                        ssl_check_hostname=True, socket_timeout=2)
-    deadline = time.time() + 10
-    while True:
-        try:
-            admin.ping()
-            break
-        except redis.ConnectionError:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise
-            time.sleep(0.05)
-    admin.execute_command(
-        "ACL", "SETUSER", REDIS_USER, "reset", "on", f">{REDIS_PASSWORD}", "~claude:*", "resetchannels",
-        "-@all", "+ping", "+get", "+set", "+del", "+unlink", "+incr", "+expire", "+exists")
+    proc, admin = start_redis(
+        tmp_path_factory.mktemp("redis-tls"),
+        ["--port", "0", "--tls-port", str(port), "--tls-cert-file", pki["cert"], "--tls-key-file", pki["key"],
+         "--tls-ca-cert-file", pki["ca"], "--tls-auth-clients", "no", "--tls-protocols", "TLSv1.2 TLSv1.3"],
+        port=port, ssl=True, ssl_ca_certs=pki["ca"], ssl_check_hostname=True)
     yield TlsRedis(port, proc, admin)
     proc.terminate()
     proc.wait(timeout=10)

@@ -89,6 +89,17 @@ class Server:
     def close(self):
         self.sock.close()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def serving(pki, name, postgresql=False):
+    """A Server presenting pki's NAME.crt (with NAME.key), closed when the `with` ends."""
+    return Server(str(pki / f"{name}.crt"), str(pki / f"{name}.key"), postgresql=postgresql)
+
 
 def probe(pki, capsys, installed, *endpoints, wait=0):
     args = ["--address", "127.0.0.1", "--ca", str(pki / "ca.crt"), "--cert", str(pki / installed),
@@ -99,34 +110,23 @@ def probe(pki, capsys, installed, *endpoints, wait=0):
 
 
 def test_a_service_presenting_the_installed_certificate_is_ok(pki, capsys):
-    tls, pg = Server(str(pki / "new.crt"), str(pki / "new.key")), \
-        Server(str(pki / "new.crt"), str(pki / "new.key"), postgresql=True)
-    try:
+    with serving(pki, "new") as tls, serving(pki, "new", postgresql=True) as pg:
         report = probe(pki, capsys, "new.crt", f"nginx:{tls.port}:tls", f"postgresql:{pg.port}:postgresql")
-    finally:
-        tls.close()
-        pg.close()
     for name in ("nginx", "postgresql"):
         assert report[name]["ok"] and report[name]["matches"] and report[name]["verified"], report[name]
         assert report[name]["serial"] and report[name]["not_after"]
 
 
 def test_a_service_still_presenting_the_old_certificate_is_not_ok(pki, capsys):
-    server = Server(str(pki / "old.crt"), str(pki / "old.key"))
-    try:
+    with serving(pki, "old") as server:
         report = probe(pki, capsys, "new.crt", f"redis:{server.port}:tls")["redis"]
-    finally:
-        server.close()
     # Verifies (same CA, right address), but is not the installed file: a reload is due.
     assert report["verified"] and not report["matches"] and not report["ok"]
 
 
 def test_a_certificate_without_the_address_clients_use_fails_verification(pki, capsys):
-    server = Server(str(pki / "elsewhere.crt"), str(pki / "elsewhere.key"))
-    try:
+    with serving(pki, "elsewhere") as server:
         report = probe(pki, capsys, "elsewhere.crt", f"nginx:{server.port}:tls")["nginx"]
-    finally:
-        server.close()
     assert report["matches"] and not report["verified"] and not report["ok"]
     assert "IP address mismatch" in report["error"]
 
@@ -152,13 +152,10 @@ def test_postgresql_without_ssl_and_a_closed_port_are_reported(pki, capsys):
 
 
 def test_it_waits_until_the_service_presents_the_installed_certificate(pki, capsys):
-    server = Server(str(pki / "old.crt"), str(pki / "old.key"))
-    # The "reload": after a moment the server presents the new certificate.
-    threading.Timer(1.5, server.context.load_cert_chain, (str(pki / "new.crt"), str(pki / "new.key"))).start()
-    try:
+    with serving(pki, "old") as server:
+        # The "reload": after a moment the server presents the new certificate.
+        threading.Timer(1.5, server.context.load_cert_chain, (str(pki / "new.crt"), str(pki / "new.key"))).start()
         report = probe(pki, capsys, "new.crt", f"nginx:{server.port}:tls", wait=10)["nginx"]
-    finally:
-        server.close()
     assert report["ok"], report
 
 

@@ -32,6 +32,7 @@ from http.client import HTTPException
 
 import pytest
 
+from helpers import report
 from test_stack import APPS, DATA, KIT, INVENTORY, healths, http, psql, wait_for_database
 
 testinfra_hosts = ["stack-data"]
@@ -214,15 +215,6 @@ def rotation():
     while time.time() < deadline and any(body.get("redis") != "ok" for _s, _h, body in healths()):
         time.sleep(2)
     return {"rc": rc, "output": output, "seconds": seconds, "load": load, "old": old, "new": new}
-
-
-def report(request, text):
-    """A line in pytest's output whatever the outcome (the load's numbers), past its capture."""
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(text)
 
 
 def secrets_in(text, secrets):

@@ -44,6 +44,8 @@ import pytest
 import testinfra.utils.ansible_runner
 from cryptography.hazmat.primitives import serialization
 
+from helpers import report
+
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 PROJECT = pathlib.Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 EPHEMERAL = pathlib.Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
@@ -277,15 +279,6 @@ def scans(site_run):
     """Each host's report, taken after the run (its journal holds the run's commands)."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(HOSTS)) as pool:
         return dict(zip(HOSTS, pool.map(scan_host, HOSTS)))
-
-
-def report(request, text):
-    """A line in pytest's output whatever the outcome (the run's time), past its capture."""
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(text)
 
 
 def changed_tasks(out):
