@@ -33,8 +33,7 @@ def make_pki(directory, names):
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
-    if not shutil.which("openssl"):
-        pytest.skip("openssl is not installed")
+    assert shutil.which("openssl"), "openssl missing: apt-get install -y openssl (scripts/bootstrap.sh does)"
     base = tmp_path_factory.mktemp("pki")
     return {"good": make_pki(base / "good", "IP:127.0.0.1,DNS:localhost"),
             "other_name": make_pki(base / "other_name", "DNS:cache.example"),
