@@ -142,7 +142,7 @@ def _collapsed(networks, version):
 
 
 def firewall_rules(guards, hostvars, extra_sources=None):
-    """The guards as the template renders them: [{name, port, ipv4, ipv6}], each
+    """The guards as the template renders them: [{name, port, ipv4, ipv6, published}], each
     guard's hosts' addresses, sources and extra sources, parsed, deduplicated and merged."""
     extra_sources = extra_sources or {}
     rules = []
@@ -154,7 +154,8 @@ def firewall_rules(guards, hostvars, extra_sources=None):
         except ValueError as err:
             raise AnsibleFilterError(f"firewall guard {guard['name']!r}: bad source in {sources}: {err}") from err
         rules.append({"name": guard["name"], "port": int(guard["port"]),
-                      "ipv4": _collapsed(networks, 4), "ipv6": _collapsed(networks, 6)})
+                      "ipv4": _collapsed(networks, 4), "ipv6": _collapsed(networks, 6),
+                      "published": bool(guard.get("published", False))})
     return rules
 
 

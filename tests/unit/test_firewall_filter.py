@@ -76,9 +76,14 @@ def test_rules_merge_hosts_sources_and_extra_sources_per_family():
     extra = {"postgresql": ["10.0.0.0/24", "2001:db8::/64", "2001:db8::5"], "pgbackrest": ["10.9.9.9"]}
     assert firewall_rules(guards, HOSTVARS, extra) == [
         # The /24 holds both addresses: one interval, as nft wants it.
-        {"name": "postgresql", "port": 5432, "ipv4": ["10.0.0.0/24"], "ipv6": ["2001:db8::/64"]},
-        {"name": "redis", "port": 6379, "ipv4": [], "ipv6": []},
+        {"name": "postgresql", "port": 5432, "ipv4": ["10.0.0.0/24"], "ipv6": ["2001:db8::/64"], "published": False},
+        {"name": "redis", "port": 6379, "ipv4": [], "ipv6": [], "published": False},
     ]
+
+
+def test_a_port_docker_publishes_is_marked_for_the_prerouting_chain():
+    rules = firewall_rules([guard("daemon", 5001, sources=[], hosts=["app1"]) | {"published": True}], HOSTVARS)
+    assert rules[0]["published"] is True and rules[0]["ipv4"] == ["10.0.0.11"]
 
 
 def test_rules_write_single_addresses_without_prefix_and_sorted():

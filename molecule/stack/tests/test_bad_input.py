@@ -14,6 +14,7 @@ The runs are independent and fail early, so they run side by side
 """
 
 import concurrent.futures
+import datetime
 import json
 import os
 import pathlib
@@ -26,6 +27,10 @@ import time
 import pytest
 import testinfra
 import testinfra.utils.ansible_runner
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 PROJECT = pathlib.Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
@@ -89,17 +94,51 @@ def fingerprints():
 
 
 def make_pki(directory):
-    """A self-signed certificate with its key, a second unrelated key, and a file that is no certificate."""
-    def openssl(*args):
-        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "30",
-            "-subj", "/CN=bad-input-test", "-keyout", f"{directory}/host.key", "-out", f"{directory}/host.crt")
-    openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-out", f"{directory}/other.key")
+    """Certificates for the own-PKI cases, each wrong in one way only: a self-signed certificate
+    with its key, a second unrelated key, a file that is no certificate, and a CA (ca.crt) that
+    signed one certificate for the wrong names and one that has expired; plus one from another CA."""
+    def key():
+        return ec.generate_private_key(ec.SECP256R1())
+
+    def pem_key(private_key):
+        return private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption())
+
+    def write(name, cert, private_key):
+        pathlib.Path(directory, f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        pathlib.Path(directory, f"{name}.key").write_bytes(pem_key(private_key))
+
+    def certificate(common_name, subject_key, issuer=None, names=(), days=(-1, 30), ca=False):
+        now = datetime.datetime.now(datetime.timezone.utc)
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        issuer_name, issuer_key = issuer or (subject, subject_key)
+        builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name)
+                   .public_key(subject_key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now + datetime.timedelta(days=days[0]))
+                   .not_valid_after(now + datetime.timedelta(days=days[1]))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
+                                            critical=False)
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    host_key = key()
+    write("host", certificate("bad-input-test", host_key), host_key)
+    pathlib.Path(directory, "other.key").write_bytes(pem_key(key()))
     pathlib.Path(directory, "garbage.crt").write_text("this is not a certificate\n")
+    ca_key, other_ca_key = key(), key()
+    ca_cert = certificate("bad-input-test CA", ca_key, days=(-1, 365), ca=True)
+    write("ca", ca_cert, ca_key)
+    other_ca = certificate("another CA", other_ca_key, days=(-1, 365), ca=True)
+    for name, issuer, days in (("wrongname", (ca_cert.subject, ca_key), (-1, 30)),
+                               ("expired", (ca_cert.subject, ca_key), (-30, -1)),
+                               ("otherca", (other_ca.subject, other_ca_key), (-1, 30))):
+        leaf_key = key()
+        write(name, certificate(name, leaf_key, issuer=issuer, names=["not-this-host.invalid"], days=days), leaf_key)
 
 
-def own_pki(directory, cert="host.crt", key="host.key"):
-    return {"tls_ca_cert_src": f"{directory}/host.crt", "tls_cert_src": f"{directory}/{cert}",
+def own_pki(directory, cert="host.crt", key="host.key", ca="host.crt"):
+    return {"tls_ca_cert_src": f"{directory}/{ca}", "tls_cert_src": f"{directory}/{cert}",
             "tls_key_src": f"{directory}/{key}"}
 
 
@@ -135,6 +174,8 @@ CASES = [
      ["postgresql_hba_extra_entries[0]", "10.0.0.0/33", DATA]),
     ("trust without acknowledgement", hba(type="local", method="trust"), None,
      ["postgresql_hba_extra_entries[0]", "postgresql_hba_trust_acknowledged", DATA]),
+    ("local line with a password method", hba(type="local", method="scram-sha-256"), None,
+     ["postgresql_hba_extra_entries[0]", "is a local line with method scram-sha-256", DATA]),
     ("bad firewall source", {"firewall_extra_sources": {"postgresql": ["10.0.0.0/33"]}}, None,
      ["firewall_extra_sources", DATA]),
     # The groups the tiers point at.
@@ -148,6 +189,12 @@ CASES = [
      ["tls_cert_src", "not a PEM certificate"]),
     ("certificate and key do not match", own_pki("{pki}", key="other.key"), None,
      ["tls_cert_src", "tls_key_src", "does not belong"]),
+    ("certificate expired", own_pki("{pki}", cert="expired.crt", key="expired.key", ca="ca.crt"), None,
+     ["tls_cert_src=", "/expired.crt is not valid now", DATA]),
+    ("certificate from another CA", own_pki("{pki}", cert="otherca.crt", key="otherca.key", ca="ca.crt"), None,
+     ["/otherca.crt does not verify against", "tls_ca_cert_src=", DATA]),
+    ("certificate for other names", own_pki("{pki}", cert="wrongname.crt", key="wrongname.key", ca="ca.crt"), None,
+     ["/wrongname.crt does not cover", "not-this-host.invalid", DATA]),
     # Production's secrets.
     ("empty password in production", {"kit_environment": "production", "redis_admin_password": ""}, None,
      ["redis_admin_password is empty"]),

@@ -21,6 +21,7 @@ VARS = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY).get_variables("st
 PG_PORT = int(VARS.get("kit_db_port", 5432))
 REDIS_PORT = int(VARS.get("redis_port", VARS.get("kit_redis_port", 6379)))
 PGBACKREST_PORT = int(VARS.get("kit_pgbackrest_tls_port", 8432))
+DAEMON_PORT = int(VARS.get("kit_daemon_port", 5001))
 WEB_PORTS = (int(VARS.get("nginx_http_port", 80)), int(VARS.get("nginx_https_port", 443)))
 TABLE = "inet claude_kit_firewall"
 UNIT = "claude-kit-firewall.service"
@@ -59,14 +60,14 @@ def connect_from_controller(address, port, timeout=3):
         return "refused"
 
 
-def table():
-    return DATA.check_output(f"nft list table {TABLE}")
+def table(target=DATA):
+    return target.check_output(f"nft list table {TABLE}")
 
 
-def dropped(port):
+def dropped(port, target=DATA):
     """Packets the kit's table dropped for one guarded port (its drop rule's counter)."""
-    found = re.search(rf"tcp dport {port} counter packets (\d+) bytes \d+ drop", table())
-    assert found, f"no drop rule for port {port} in:\n{table()}"
+    found = re.search(rf"tcp dport {port} counter packets (\d+) bytes \d+ drop", table(target))
+    assert found, f"no drop rule for port {port} in:\n{table(target)}"
     return int(found.group(1))
 
 
@@ -102,6 +103,21 @@ def test_an_app_host_is_dropped_at_pgbackrests_port(host):
     # admits. Whether or not a server listens there, only the table's drop
     # makes an app host's attempt time out (else: an answer or a refusal).
     assert connect_from(APPS[0], ip(DATA), PGBACKREST_PORT) == "timeout"
+
+
+def test_the_daemons_published_port_admits_nginx_and_prometheus_only(host):
+    """Docker publishes the daemon's port by DNAT, which the input hook never sees: the guard sits
+    in prerouting, before Docker's NAT. stack-data (web and monitoring) reaches it; the controller,
+    which would otherwise bypass Nginx's TLS and rate limits, is dropped at the network."""
+    for app in APPS:
+        assert connect_from(DATA, ip(app), DAEMON_PORT) == "open", app
+        before = dropped(DAEMON_PORT, app)
+        assert connect_from_controller(ip(app), DAEMON_PORT) == "timeout", app
+        assert dropped(DAEMON_PORT, app) > before, f"{app}: the attempt was not the kit table's to drop"
+        text = table(app)
+        assert "hook prerouting" in text and elements(text, "daemon_ipv4") == {ip(DATA)}, text
+        # On the app host itself the daemon still answers (its health checks use loopback).
+        assert connect_from(app, "127.0.0.1", DAEMON_PORT) == "open", app
 
 
 def test_nginx_stays_reachable_from_the_controller(host):

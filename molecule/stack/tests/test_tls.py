@@ -1,7 +1,7 @@
 """Every host's TLS certificate (role tls) and the rotation runbook (playbooks/rotate-certs.yml), as
 the services' clients see them: each server presents its host's certificate, which verifies against
-the CA every host has and names the address clients use. A forced rotation gives every host a new
-key and certificate; PostgreSQL, Redis and Nginx present it after a reload (their main processes
+the CA every host has and names the address clients use. A rotation renews every certificate that
+expires within tls_renew_before_days, with a new key; PostgreSQL, Redis and Nginx present it after a reload (their main processes
 keep running) and the stack keeps answering meanwhile.
 
 The rotation tests come last in this file and leave new certificates in place, reloaded: every
@@ -147,7 +147,11 @@ def test_check_mode_reports_a_forced_rotation_and_changes_nothing(host):
     assert {name: fingerprint(target) for name, target in HOSTS.items()} == before
 
 
-def test_a_forced_rotation_renews_every_certificate_and_reloads_without_a_restart(host):
+def test_a_rotation_renews_the_certificates_inside_the_window_and_reloads_without_a_restart(host):
+    """tls_renew_before_days decides: with the window wider than any certificate's remaining life
+    (399 days, certificates of 397), every one is renewed, a new key each, for the new lifetime.
+    (A forced renewal, tls_force_renew, is run by the check-mode test above and by the secret-leak
+    test's site.yml run.)"""
     before = {name: (fingerprint(target), target.file(KEY_FILE).md5sum) for name, target in HOSTS.items()}
     pids = main_pids()
     answers, stop = [], threading.Event()
@@ -164,7 +168,7 @@ def test_a_forced_rotation_renews_every_certificate_and_reloads_without_a_restar
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         polling = pool.submit(poll)
         try:
-            rc, out, recap = rotate("-e", "tls_force_renew=true")
+            rc, out, recap = rotate("-e", "tls_cert_valid_days=400", "-e", "tls_renew_before_days=399")
         finally:
             stop.set()
             polling.result()
@@ -173,6 +177,8 @@ def test_a_forced_rotation_renews_every_certificate_and_reloads_without_a_restar
     for name, target in HOSTS.items():
         cert, key = fingerprint(target), target.file(KEY_FILE).md5sum
         assert cert != before[name][0] and key != before[name][1], f"{name}: not renewed with a new key"
+        lifetime = certificate(target).not_valid_after_utc - certificate(target).not_valid_before_utc
+        assert 399 <= lifetime.days <= 401, f"{name}: {lifetime}"
     # PostgreSQL, Redis and Nginx present the new certificate, and the same processes still run.
     report = served(DATA)
     assert all(report[name]["ok"] and report[name]["matches"] for name, _p, _pr in ENDPOINTS), report
@@ -182,6 +188,9 @@ def test_a_forced_rotation_renews_every_certificate_and_reloads_without_a_restar
 
 
 def test_a_rotation_with_nothing_to_renew_changes_nothing(host):
+    # The default window (tls_renew_before_days 30) holds none of the certificates just made.
+    before = {name: fingerprint(target) for name, target in HOSTS.items()}
     rc, out, recap = rotate()
+    assert {name: fingerprint(target) for name, target in HOSTS.items()} == before
     assert rc == 0, out[-3000:]
     assert all(changed == 0 and failed == 0 for changed, failed in recap.values()), recap
