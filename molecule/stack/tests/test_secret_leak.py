@@ -1,8 +1,10 @@
 """No secret leaks: not from a run of site.yml, not into anything a host exposes (issue 11).
 
-Runs after test_rotate_secrets.py (file order), so it sees the rotated stack:
-its run of `site.yml -vvv --diff` must also be a no-change run (the rotation
-left the inventory and the hosts agreeing). The secrets are read at test time:
+Runs after test_rotate_secrets.py (file order), so it sees the rotated stack.
+Its run of `site.yml -vvv --diff` is made to handle secrets for real: with
+tls_force_renew every host gets a new key, and the app hosts' password files
+are removed first so that the run writes them again. The secrets are read
+after that run (new keys included):
 
   - every password file of the scenario's credentials folder, and the values
     test_rotate_secrets.py retired (retired-secrets/ beside it; a .previous
@@ -264,11 +266,22 @@ def scan_host(name):
     return json.loads(proc.stdout)
 
 
+# Files the run must write again: removed from the app hosts before it, so that
+# the tasks that write secrets really change something in the scanned run.
+DRIFTED = [f"{KIT.get('daemon_config_dir', '/etc/claude-daemon')}/db_password",
+           f"{KIT.get('daemon_config_dir', '/etc/claude-daemon')}/redis_password"]
+
+
 @pytest.fixture(scope="module")
 def site_run():
-    """site.yml at its most verbose, with diffs, on the converged (and rotated) stack."""
+    """site.yml at its most verbose, with diffs, on the converged (and rotated) stack, made to
+    change what carries secrets: every host gets a new TLS key (tls_force_renew) and the app
+    hosts' password files, removed first, are written again (and the daemons restarted)."""
+    for name in APP_HOSTS:
+        subprocess.run(["docker", "exec", container(name), "rm", "-f", *DRIFTED], check=True, timeout=60)
     started = time.monotonic()
-    proc = subprocess.run(["ansible-playbook", "-i", INVENTORY, str(PROJECT / "site.yml"), "-vvv", "--diff"],
+    proc = subprocess.run(["ansible-playbook", "-i", INVENTORY, str(PROJECT / "site.yml"), "-vvv", "--diff",
+                           "-e", "tls_force_renew=true"],
                           capture_output=True, text=True, timeout=3600, check=False,
                           env=dict(os.environ, ANSIBLE_NOCOLOR="1"))
     return {"rc": proc.returncode, "output": proc.stdout + proc.stderr, "seconds": time.monotonic() - started}
@@ -298,14 +311,25 @@ def test_no_secret_in_the_output_of_site_yml(site_run):
     assert not lines, f"{found_in(out)} in site.yml's -vvv --diff output, lines {lines[:20]}"
 
 
-def test_site_yml_is_a_no_change_run_after_the_rotation(site_run, request):
+def test_site_yml_wrote_the_secrets_and_keys_again(site_run, request):
+    """The scanned run really handled secrets: it succeeded, changed every host (a new TLS key on
+    each), wrote the removed password files again with their secrets (the scan's control, below,
+    finds each in its file), and nothing in its output holds one (the test above)."""
     out = site_run["output"]
-    report(request, f"site.yml -vvv --diff, no-change run: {site_run['seconds']:.0f} s")
+    report(request, f"site.yml -vvv --diff with new keys and rewritten password files: {site_run['seconds']:.0f} s")
     recap = {m.group(1): m.groups()[1:] for m in RECAP_RE.finditer(out)}
     # Its output is shown only if it holds no secret (the test above says which).
     tail = out[-4000:] if not found_in(out) else "(output withheld: it holds a secret)"
     assert site_run["rc"] == 0 and set(HOSTS) <= set(recap), tail
-    assert all(values == ("0", "0", "0") for values in recap.values()), (recap, changed_tasks(out)[:20])
+    assert all(values[1:] == ("0", "0") for values in recap.values()), recap
+    assert all(int(recap[name][0]) > 0 for name in HOSTS), recap
+    changed = changed_tasks(out)
+    for name in APP_HOSTS:
+        assert any(host == name and "password" in (task or "").lower() for task, host in changed), \
+            (name, [task for task, host in changed if host == name])
+    for name in HOSTS:
+        assert any(host == name and "key" in (task or "").lower() for task, host in changed), \
+            (name, [task for task, host in changed if host == name])
 
 
 def test_the_scan_finds_each_secret_where_it_belongs(scans):

@@ -227,14 +227,16 @@ def test_passwords_are_hashed_with_scram():
     assert [row for row in stored if not row.endswith("|SCRAM-SHA-256$")] == []
 
 
-def test_login_roles_without_a_password_log_in_by_peer_on_the_socket_only():
-    """postgres (administration) and the monitoring role have no password on purpose: they
-    log in only over the local socket, as the operating-system user (peer) that pg_ident
-    maps; a password would be a second way in, over the network. Every other login role
-    has a SCRAM password."""
-    passwordless = set(rows("SELECT rolname FROM pg_authid WHERE rolcanlogin AND rolpassword IS NULL"))
-    assert passwordless <= {"postgres", MONITOR_USER}, passwordless
-    for role in passwordless:
+def test_no_login_role_has_a_null_password():
+    assert rows("SELECT rolname FROM pg_authid WHERE rolcanlogin AND rolpassword IS NULL") == []
+
+
+def test_postgres_and_the_monitoring_role_log_in_by_peer_on_the_socket_only():
+    """Their passwords are random values nobody was told (the baseline's no NULL password):
+    pg_hba admits them over the local socket only, as the operating-system user (peer) that
+    pg_ident maps, so the password is no way in over the network."""
+    for role in ("postgres", MONITOR_USER):
+        assert psql(f"SELECT left(rolpassword, 14) FROM pg_authid WHERE rolname = '{role}'") == "SCRAM-SHA-256$"
         lines = rows(f"SELECT type || ' ' || auth_method FROM pg_hba_file_rules "
                      f"WHERE '{role}' = ANY(user_name) OR 'all' = ANY(user_name)")
         assert lines and set(lines) == {"local peer"}, (role, lines)
@@ -401,7 +403,52 @@ def test_the_configuration_the_kit_renders_is_postgres_alone():
         private(path, 0o600)
 
 
+def test_debians_configuration_files_of_the_cluster_are_postgres_alone():
+    # Debian creates them 0644; the server (as postgres) and root's pg_ctlcluster read them.
+    conf_dir = setting("config_file").rsplit("/", 1)[0]
+    assert setting("config_file") == f"{conf_dir}/postgresql.conf"
+    for name in ("postgresql.conf", "pg_ctl.conf", "start.conf", "environment"):
+        private(f"{conf_dir}/{name}", 0o600)
+    # The cluster still answers Debian's tools run as root.
+    assert " online " in DATA.check_output("pg_lsclusters --no-header")
+
+
 def test_the_server_reads_its_key_through_the_key_group_only():
     key = DATA.file(setting("ssl_key_file"))
     assert key.user == "root" and key.mode & 0o007 == 0, oct(key.mode)
     assert key.group in DATA.check_output("id -Gn postgres").split()
+
+
+# --- the daemon's own connection --------------------------------------------------
+
+# Runs inside the daemon's container, with the daemon's own configuration (its
+# environment and secret files): the connection parameters its pool uses, a
+# connection with them, and one to the same address under a name the server's
+# certificate does not carry.
+DAEMON_PROBE = r"""
+import json, os, socket
+import psycopg2
+from claude_daemon import config, stores
+params = stores.PgStore(config.load(os.environ))._params
+answer = {"sslmode": params.get("sslmode"), "sslrootcert": params.get("sslrootcert")}
+psycopg2.connect(**params).close()
+try:
+    psycopg2.connect(**dict(params, host="not-in-the-certificate.invalid",
+                            hostaddr=socket.gethostbyname(params["host"]))).close()
+    answer["wrong_name"] = "connected"
+except psycopg2.OperationalError as exc:
+    answer["wrong_name"] = str(exc).strip()
+print(json.dumps(answer))
+"""
+
+
+def test_the_daemon_verifies_the_servers_certificate_and_name():
+    container = VARS.get("kit_daemon_container_name", "claude-daemon")
+    ca_digest = DATA.check_output("sha256sum %s", CA_FILE).split()[0]
+    for app in APPS:
+        answer = json.loads(app.check_output("docker exec %s python3 -c %s", container, DAEMON_PROBE))
+        assert answer["sslmode"] == "verify-full", answer
+        # The CA it verifies against is the kit's, as mounted into the container.
+        assert app.check_output("docker exec %s sha256sum %s", container, answer["sslrootcert"]).split()[0] \
+            == ca_digest, answer
+        assert "does not match host name" in answer["wrong_name"], answer

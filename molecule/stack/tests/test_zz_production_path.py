@@ -206,3 +206,44 @@ def test_a_short_vault_secret_stops_the_production_run_before_any_change(product
     assert all(int(changed) == 0 for _n, changed, _u, _f in RECAP_RE.findall(proc.stdout)), output[-3000:]
     # No play after the preflight's ran.
     assert set(PLAY_RE.findall(proc.stdout)) <= PREFLIGHT_PLAYS, PLAY_RE.findall(proc.stdout)
+
+
+# Rotated in production mode: the new values are put in Vault, the current ones given as
+# rotate_secrets_previous (redis_admin_password needs its current value to log in to Redis).
+ROTATED = ["vault_postgresql_app_password", "vault_redis_app_password", "vault_redis_admin_password"]
+
+
+def test_a_production_rotation_applies_the_vaults_new_values(deployed, production):
+    """playbooks/rotate-secrets.yml in production mode (docs/runbooks/rotate-secrets.md): new values
+    in the Vault file, the current ones in a second Vault file given as rotate_secrets_previous. The
+    playbook's own last play fails unless every new password logs in and every old one is refused;
+    here the daemons' password files hold the new values too, the health runbook passes, and no
+    value, old or new, is in the output. The scenario's credentials then hold the new values, so
+    that its inventory and the hosts agree again."""
+    inventory, vault_password, env = production
+    assert deployed[0].returncode == 0, "site.yml failed: see the test above"
+    old = {k: (CREDENTIALS / v).read_text().strip() for k, v in VAULT.items()}
+    new = dict(old, **{k: secrets.token_urlsafe(24) for k in ROTATED})
+    write_vault(inventory / "group_vars" / "all" / "vault.yml", new, vault_password)
+    previous = inventory.parent / "previous.vault.yml"
+    write_vault(previous, {"rotate_secrets_previous": {VAULT[k]: old[k] for k in ROTATED}}, vault_password)
+    names = "{\"rotate_secrets_names\": [%s]}" % ", ".join(f'"{VAULT[k]}"' for k in ROTATED)
+    proc = run(["ansible-playbook", "-i", str(inventory), "--vault-password-file", str(vault_password),
+                "-e", f"@{previous}", "-e", names, "playbooks/rotate-secrets.yml"], env)
+    output = proc.stdout + proc.stderr
+    leaked = [k for k in ROTATED if old[k] in output or new[k] in output]
+    assert not leaked, f"{leaked} in the rotation's output"
+    if proc.returncode == 0:
+        for key in ROTATED:
+            (CREDENTIALS / VAULT[key]).write_text(new[key] + "\n")
+    assert proc.returncode == 0, output[-6000:]
+    assert all(int(failed) == 0 and int(unreachable) == 0
+               for _n, _c, unreachable, failed in RECAP_RE.findall(proc.stdout)), output[-3000:]
+    daemon_dir = RUNNER.get_variables(HOSTS[0]).get("daemon_config_dir", "/etc/claude-daemon")
+    for name in RUNNER.get_hosts("app"):
+        h = host(name)
+        assert h.file(f"{daemon_dir}/db_password").content_string.strip() == new["vault_postgresql_app_password"], name
+        assert h.file(f"{daemon_dir}/redis_password").content_string.strip() == new["vault_redis_app_password"], name
+    health = run(["ansible-playbook", "-i", str(inventory), "--vault-password-file", str(vault_password),
+                  "playbooks/health.yml"], env, timeout=600)
+    assert health.returncode == 0 and "CRITICAL" not in health.stdout, (health.stdout + health.stderr)[-6000:]
