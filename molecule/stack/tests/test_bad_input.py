@@ -148,6 +148,11 @@ CASES = [
      ["tls_cert_src", "not a PEM certificate"]),
     ("certificate and key do not match", own_pki("{pki}", key="other.key"), None,
      ["tls_cert_src", "tls_key_src", "does not belong"]),
+    # An app host's own certificate must carry the daemons' shared name (Nginx's proxy_ssl_name).
+    ("own certificate without the daemons' name", {**own_pki("{pki}"), "kit_daemon_tls_name": "daemons.stack.test"},
+     None, ["does not cover", "DNS:daemons.stack.test", "kit_daemon_tls_name daemons.stack.test", APP]),
+    ("daemons' TLS name that is not a DNS name", {"kit_daemon_tls_name": "daemons_*.test"}, None,
+     ["kit_daemon_tls_name=daemons_*.test is not a DNS name"]),
     # Production's secrets.
     ("empty password in production", {"kit_environment": "production", "redis_admin_password": ""}, None,
      ["redis_admin_password is empty"]),
