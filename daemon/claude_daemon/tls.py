@@ -5,7 +5,8 @@ replacing the files, so the context is rebuilt whenever either file's inode,
 size or modification time changed: checked with two stat() calls per new
 connection, so a renewal is served without a restart. A pair that does not
 load (the certificate replaced, its key not yet) keeps the previous context
-and is tried again at the next connection.
+and is tried again once either file changes again (not at every connection:
+loading is far dearer than a stat).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class ReloadingContext:
         self.key_file = key_file
         self._lock = threading.Lock()
         self._stamp = self._files_stamp()
+        self._failed = None  # the stamp of files that did not load
         self._context = server_context(cert_file, key_file)  # a bad pair at start raises
 
     def _files_stamp(self):
@@ -67,13 +69,14 @@ class ReloadingContext:
         except OSError as exc:  # between the removal and the rename of a renewal
             log.warning("TLS files unreadable, serving the loaded certificate: %s", exc)
             return self._context
-        if stamp == self._stamp:
+        if stamp in (self._stamp, self._failed):
             return self._context
         with self._lock:
-            if stamp != self._stamp:
+            if stamp not in (self._stamp, self._failed):
                 try:
                     context = server_context(self.cert_file, self.key_file)
                 except (OSError, ssl.SSLError) as exc:
+                    self._failed = stamp
                     log.warning("new TLS files do not load yet, serving the loaded certificate: %s", exc)
                     return self._context
                 self._context, self._stamp = context, stamp

@@ -183,14 +183,19 @@ def test_a_replaced_certificate_is_served_without_a_restart(https_app, pki, serv
     assert hashlib.sha256(after).hexdigest() == fingerprint(new_cert) != hashlib.sha256(before).hexdigest()
 
 
-def test_a_half_replaced_pair_keeps_the_loaded_certificate(https_app, pki, served):
-    cert, _key = served
+def test_a_half_replaced_pair_keeps_the_loaded_certificate_until_the_key_follows(https_app, pki, served):
+    cert, key = served
     before = fingerprint(cert)
-    new_cert, _new_key = pki.issue("half")
+    new_cert, new_key = pki.issue("half")
     shutil.copy(new_cert, cert.with_suffix(".tmp"))
     os.replace(cert.with_suffix(".tmp"), cert)  # the key is still the old one: the pair does not load
+    for _ in range(2):  # tried once, not again at each connection, and still served
+        status, _body, der, _version = https_get(https_app.port, client_context(pki))
+        assert status == 200 and hashlib.sha256(der).hexdigest() == before
+    shutil.copy(new_key, key.with_suffix(".tmp"))
+    os.replace(key.with_suffix(".tmp"), key)
     status, _body, der, _version = https_get(https_app.port, client_context(pki))
-    assert status == 200 and hashlib.sha256(der).hexdigest() == before
+    assert status == 200 and hashlib.sha256(der).hexdigest() == fingerprint(cert)
 
 
 def test_a_client_that_never_handshakes_does_not_block_another(https_app, pki):
@@ -232,3 +237,23 @@ def test_healthcheck_uses_plain_http_without_tls(start_app, tmp_path):
     env = {"PORT": str(app.port)}
     assert healthcheck.url(env).startswith("http://127.0.0.1:")
     assert healthcheck.main(env) == 0
+
+
+def test_files_that_do_not_load_are_not_loaded_again_until_they_change(pki, served, monkeypatch):
+    from claude_daemon import tls
+
+    cert, key = served
+    reloading = tls.ReloadingContext(str(cert), str(key))
+    loaded = reloading.current()
+    calls = []
+    real = tls.server_context
+    monkeypatch.setattr(tls, "server_context", lambda c, k: calls.append(c) or real(c, k))
+    new_cert, new_key = pki.issue("counted")
+    shutil.copy(new_cert, cert.with_suffix(".tmp"))
+    os.replace(cert.with_suffix(".tmp"), cert)
+    assert [reloading.current() for _ in range(3)] == [loaded] * 3
+    assert len(calls) == 1  # one failed attempt, not one per connection
+    shutil.copy(new_key, key.with_suffix(".tmp"))
+    os.replace(key.with_suffix(".tmp"), key)
+    assert reloading.current() is not loaded and len(calls) == 2
+    assert reloading.current() is reloading.current() and len(calls) == 2  # unchanged files: stat only
