@@ -9,7 +9,9 @@
     GET  /api/predictions?from=&to=&limit=
     GET  /metrics                       Prometheus text format (metrics.py); 404 with METRICS_ENABLED=0
 
-JSON in and out. Bad input gets a 4xx with {"error": "..."}; an unexpected
+HTTPS only when DAEMON_TLS_CERT and DAEMON_TLS_KEY are set (tls.py): the
+handshake runs in the connection's own thread, with a timeout, so a client
+that never completes it holds no one else up. JSON in and out. Bad input gets a 4xx with {"error": "..."}; an unexpected
 exception is logged (one line) and answered with a generic 500, never a trace.
 """
 
@@ -26,6 +28,7 @@ import logging
 import pathlib
 import re
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -39,12 +42,14 @@ from .errors import CommitInDoubt, Conflict, Rejected, StoreUnavailable
 from .metrics import Metrics
 from .monitor import UsageMonitor
 from .pool import PoolTimeout
+from .tls import ReloadingContext
 
 log = logging.getLogger("claude_daemon.api")
 
 MAX_BODY = 64 * 1024
 MAX_DRAIN = 1024 * 1024  # read (and drop) at most this much of a refused body
 REQUEST_TIMEOUT = 10  # seconds a client may take to send its request
+TLS_HANDSHAKE_TIMEOUT = 10  # seconds a client may take to complete the TLS handshake
 MAX_SESSIONS_HEADER = 255
 ALERT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,254}$")
 ALERT_FIELDS = {"id", "level", "title", "message", "metadata"}
@@ -176,13 +181,14 @@ class App:
     def start(self, host="0.0.0.0", port=None, background=True):
         self.db.start(background=background)
         handler = type("BoundHandler", (Handler,), {"app": self})
-        self.server = Server((host, self.cfg.port if port is None else port), handler)
+        tls = ReloadingContext(self.cfg.tls_cert_file, self.cfg.tls_key_file) if self.cfg.tls else None
+        self.server = Server((host, self.cfg.port if port is None else port), handler, tls=tls)
         self._server_thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
                                                name="http", daemon=True)
         self._server_thread.start()
         if background:
             self.monitor.start()
-        log.info("listening on %s:%d version=%s", host, self.port, __version__)
+        log.info("listening on %s:%d (%s) version=%s", host, self.port, "https" if tls else "http", __version__)
         return self
 
     @property
@@ -348,6 +354,38 @@ class Server(http.server.ThreadingHTTPServer):
     block_on_close = True
     allow_reuse_address = True
     request_queue_size = 128
+    tls_handshake_timeout = TLS_HANDSHAKE_TIMEOUT
+
+    def __init__(self, address, handler, tls=None):
+        self.tls = tls  # a ReloadingContext: HTTPS only; None: plain HTTP
+        super().__init__(address, handler)
+
+    def finish_request(self, request, client_address):
+        """In the connection's thread (not the accept loop): the TLS handshake, then the request."""
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(self.tls_handshake_timeout)
+        conn = self.tls.current().wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+        try:
+            try:
+                conn.do_handshake()
+            except (ssl.SSLError, OSError) as exc:  # plain HTTP, an old protocol, a stalled or vanished client
+                log.info("tls handshake failed client=%s: %s", client_address[0],
+                         getattr(exc, "reason", None) or exc)
+                return
+            super().finish_request(conn, client_address)
+        finally:
+            # wrap_socket detached `request`; the TLS socket is this thread's to close.
+            self._close_tls(conn)
+
+    @staticmethod
+    def _close_tls(conn):
+        try:
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        conn.close()
 
     def handle_error(self, request, client_address):
         client = client_address[0] if client_address else "-"
@@ -542,8 +580,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         elapsed_ms = (time.monotonic() - started) * 1000.0
         if template not in ("/health", METRICS_ROUTE):  # probes, not usage
             self.app.monitor.record(template, response.status, elapsed_ms, session, tokens, cost)
-        log.info("request method=%s path=%s status=%d ms=%.1f cache=%s client=%s", method, _clean(path),
-                 response.status, elapsed_ms, self.cache_state or "-", self.client_address[0])
+        log.info("request method=%s path=%s status=%d ms=%.1f cache=%s client=%s tls=%s", method, _clean(path),
+                 response.status, elapsed_ms, self.cache_state or "-", self.client_address[0], self._tls_version())
+
+    def _tls_version(self):
+        """The connection's protocol (TLSv1.3, TLSv1.2), or - for plain HTTP."""
+        version = getattr(self.connection, "version", None)
+        return (version() if callable(version) else None) or "-"
 
     def _send(self, response, head):
         try:

@@ -5,8 +5,8 @@ DB_PASSWORD / DB_PASSWORD_FILE, DATABASE_PATH, REDIS_URL, NODE_ENV,
 BMAD_EXECUTION_ENABLED, AUTO_PROJECT_GENERATION) plus the kit's optional
 extras, among them REDIS_PASSWORD_FILE (Redis's password read from a file, so
 that no secret need be in the container's environment), REDIS_CA_FILE (the CA
-a rediss:// server's certificate is verified against) and METRICS_ENABLED
-(GET /metrics on or off). Every value is checked once, at start; a bad one
+a rediss:// server's certificate is verified against), METRICS_ENABLED
+(GET /metrics on or off) and DAEMON_TLS_CERT / DAEMON_TLS_KEY (HTTPS). Every value is checked once, at start; a bad one
 raises ConfigError whose message starts with the variable's name, and the
 daemon exits.
 """
@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import ssl
 import urllib.parse
+
+from .tls import check_pair
 
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _TRUE = ("1", "true", "yes", "on")
@@ -55,6 +57,15 @@ class Config:
     reconcile_interval: float = 10.0
     # GET /metrics (Prometheus); METRICS_ENABLED=0 answers it with 404.
     metrics_enabled: bool = True
+    # DAEMON_TLS_CERT and DAEMON_TLS_KEY (both or neither): HTTPS only on PORT.
+    # Neither: plain HTTP (development, tests).
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+    @property
+    def tls(self):
+        """True when the API is served over HTTPS."""
+        return self.tls_cert_file is not None
 
     @property
     def features(self):
@@ -87,6 +98,7 @@ class Config:
             parts.append(f"redis_ca={self.redis_ca_file or 'system-trust-store'}")
         parts.append(f"port={self.port} node_env={self.node_env}")
         parts.append(f"metrics={'on' if self.metrics_enabled else 'off'}")
+        parts.append(f"tls={self.tls_cert_file if self.tls else 'off'}")
         return " ".join(parts)
 
 
@@ -250,6 +262,21 @@ def _redis_ca_file(env, url):
     return path
 
 
+def _tls_files(env):
+    """(DAEMON_TLS_CERT, DAEMON_TLS_KEY), checked to load together; (None, None) when both are unset."""
+    cert = _text(env, "DAEMON_TLS_CERT", "").strip()
+    key = _text(env, "DAEMON_TLS_KEY", "").strip()
+    if not cert and not key:
+        return None, None
+    if not cert or not key:
+        given, missing = ("DAEMON_TLS_CERT", "DAEMON_TLS_KEY") if cert else ("DAEMON_TLS_KEY", "DAEMON_TLS_CERT")
+        raise ConfigError(f"{missing}: is empty while {given} is set; HTTPS needs both (or neither, for plain HTTP)")
+    problem = check_pair(cert, key)
+    if problem:
+        raise ConfigError(f"DAEMON_TLS_CERT: {cert} with DAEMON_TLS_KEY {key}: {problem}")
+    return cert, key
+
+
 def load(env):
     """Build a Config from a mapping such as os.environ; raise ConfigError on a bad value."""
     db_type = _text(env, "DB_TYPE", "postgresql").strip().lower()
@@ -270,6 +297,7 @@ def load(env):
 
     database_path = _text(env, "DATABASE_PATH", "/data/claude-daemon.db")
     redis_url = _redis_url(env)
+    tls_cert, tls_key = _tls_files(env)
     return Config(
         db_type=db_type,
         db_host=_text(env, "DB_HOST", "localhost"),
@@ -295,4 +323,6 @@ def load(env):
         usage_interval=_seconds(env, "USAGE_INTERVAL", 60.0),
         reconcile_interval=_seconds(env, "RECONCILE_INTERVAL", 10.0),
         metrics_enabled=_bool(env, "METRICS_ENABLED", True),
+        tls_cert_file=tls_cert,
+        tls_key_file=tls_key,
     )

@@ -751,7 +751,7 @@ def daemon_run(monkeypatch, tmp_path, inspect, answer, state=None):
     else:
         monkeypatch.setattr(ckc, "docker_inspect", lambda container, timeout: (None, inspect))
 
-    def http_get(_url, _timeout):
+    def http_get(_url, _timeout, _ca_file=None):
         if isinstance(answer, Exception):
             raise answer
         return answer
@@ -1356,3 +1356,53 @@ def test_http_get_reports_a_refused_port_as_unreachable():
         port = sock.getsockname()[1]  # bound, never listening: connections are refused
         with pytest.raises(ckc.Unreachable, match="refused"):
             ckc.http_get(f"http://127.0.0.1:{port}/health", 2)
+
+
+def test_http_get_verifies_an_https_server_against_the_ca_file(tmp_path):
+    import http.server
+    import shutil
+    import ssl
+    import subprocess
+    import threading
+
+    assert shutil.which("openssl"), "openssl missing"
+    ca, ca_key, cert, key, csr = (tmp_path / n for n in ("ca.crt", "ca.key", "s.crt", "s.key", "s.csr"))
+    (tmp_path / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
+
+    def openssl(*args):
+        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+            "-subj", "/CN=check test CA", "-keyout", ca_key, "-out", ca)
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=daemon",
+            "-keyout", key, "-out", csr)
+    openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-CAserial",
+            tmp_path / "ca.srl", "-days", "2", "-extfile", tmp_path / "ext", "-out", cert)
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"https://127.0.0.1:{server.server_address[1]}/health"
+        assert ckc.http_get(url, 5, str(ca)) == (200, "{}")
+        # Not trusted by the system's store: unreachable, never answered unverified.
+        with pytest.raises(ckc.Unreachable, match="certificate verify failed"):
+            ckc.http_get(url, 5)
+        with pytest.raises(ckc.Unreachable):
+            ckc.http_get(url, 5, str(tmp_path / "missing-ca.crt"))
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -195,6 +195,12 @@ CASES = [
      ["/otherca.crt does not verify against", "tls_ca_cert_src=", DATA]),
     ("certificate for other names", own_pki("{pki}", cert="wrongname.crt", key="wrongname.key", ca="ca.crt"), None,
      ["/wrongname.crt does not cover", "not-this-host.invalid", DATA]),
+    # An app host's own certificate must carry the daemons' shared name (Nginx's proxy_ssl_name).
+    ("own certificate without the daemons' name",
+     {**own_pki("{pki}", cert="wrongname.crt", key="wrongname.key", ca="ca.crt"), "kit_daemon_tls_name": "daemons.stack.test"},
+     None, ["does not cover", "DNS:daemons.stack.test", "kit_daemon_tls_name daemons.stack.test", APP]),
+    ("daemons' TLS name that is not a DNS name", {"kit_daemon_tls_name": "daemons_*.test"}, None,
+     ["kit_daemon_tls_name=daemons_*.test is not a DNS name"]),
     # Production's secrets.
     ("empty password in production", {"kit_environment": "production", "redis_admin_password": ""}, None,
      ["redis_admin_password is empty"]),

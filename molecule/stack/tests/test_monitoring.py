@@ -65,15 +65,17 @@ def query(expr):
     return prometheus("/api/v1/query", query=expr)["result"]
 
 
-def on_host(host, url):
-    """GET url from inside a host (what that host can reach): (status or error, body)."""
-    script = ("import sys, urllib.request as u\n"
+def on_host(host, url, cafile=""):
+    """GET url from inside a host (what that host can reach): (status or error, body). An https://
+    URL is verified against cafile (a file on that host), or the system's trust store."""
+    script = ("import ssl, sys, urllib.request as u\n"
               "try:\n"
-              "    r = u.build_opener(u.ProxyHandler({})).open(sys.argv[1], timeout=4)\n"
+              "    https = u.HTTPSHandler(context=ssl.create_default_context(cafile=sys.argv[2] or None))\n"
+              "    r = u.build_opener(u.ProxyHandler({}), https).open(sys.argv[1], timeout=4)\n"
               "    print(r.status); print(r.read().decode())\n"
               "except Exception as e:\n"
               "    print(type(e).__name__)\n")
-    out = host.run(f"python3 -c {shlex.quote(script)} {shlex.quote(url)}").stdout
+    out = host.run(f"python3 -c {shlex.quote(script)} {shlex.quote(url)} {shlex.quote(cafile)}").stdout
     status, _, body = out.partition("\n")
     return status, body
 
@@ -193,8 +195,25 @@ def test_exporters_answer_the_monitoring_host_only(host):
 
 def test_daemon_metrics_are_served_to_prometheus_not_through_nginx(host):
     assert http("GET", "/metrics")[0] == 404
-    status, body = on_host(DATA, f"http://{ip(APPS[0])}:{VARS['kit_daemon_port']}/metrics")
+    # Over HTTPS only, verified against the kit's CA; plain HTTP gets no answer.
+    url = f"{ip(APPS[0])}:{VARS['kit_daemon_port']}/metrics"
+    status, body = on_host(DATA, f"https://{url}", VARS.get("kit_tls_ca_file", "/etc/claude-kit/tls/ca.crt"))
     assert status == "200" and "claude_daemon_http_requests_total" in body
+    assert not on_host(DATA, f"http://{url}")[0].isdigit()  # no HTTP answer at all
+
+
+def test_prometheus_scrapes_the_daemons_over_verified_https(host):
+    targets = [t for t in prometheus("/api/v1/targets", state="active")["activeTargets"]
+               if t["labels"]["job"] == "daemon"]
+    assert len(targets) == len(APPS), targets
+    wait_until("the daemons' targets up over https",
+               lambda: all(t["health"] == "up" for t in prometheus("/api/v1/targets", state="active")["activeTargets"]
+                           if t["labels"]["job"] == "daemon"), 60, 3)
+    assert all(t["scrapeUrl"].startswith("https://") for t in targets), targets
+    config = DATA.file("/etc/prometheus/prometheus.yml").content_string
+    job = config[config.index("job_name: daemon"):]
+    assert f"server_name: {VARS.get('kit_daemon_tls_name', 'claude-daemon.internal')}" in job
+    assert f"ca_file: {VARS.get('kit_tls_ca_file', '/etc/claude-kit/tls/ca.crt')}" in job
 
 
 # --- forced conditions -----------------------------------------------------------

@@ -1,8 +1,9 @@
 """Every host's TLS certificate (role tls) and the rotation runbook (playbooks/rotate-certs.yml), as
 the services' clients see them: each server presents its host's certificate, which verifies against
 the CA every host has and names the address clients use. A rotation renews every certificate that
-expires within tls_renew_before_days, with a new key; PostgreSQL, Redis and Nginx present it after a reload (their main processes
-keep running) and the stack keeps answering meanwhile.
+expires within tls_renew_before_days, with a new key; PostgreSQL, Redis and Nginx present it after a
+reload (their main processes keep running), each daemon without a restart (its container's start
+time unchanged), and the stack keeps answering meanwhile.
 
 The rotation tests come last in this file and leave new certificates in place, reloaded: every
 later test sees a consistent stack.
@@ -43,6 +44,10 @@ APP = HOSTS["stack-app1"]
 ENDPOINTS = [("postgresql", int(VARS.get("kit_db_port", 5432)), "postgresql"),
              ("redis", int(VARS.get("kit_redis_port", 6379)), "tls"),
              ("nginx", int(VARS.get("nginx_https_port", 443)), "tls")]
+APP_HOSTS = RUNNER.get_hosts("app")
+DAEMON_PORT = int(VARS.get("kit_daemon_port", 5001))
+DAEMON_CONTAINER = VARS.get("kit_daemon_container_name", "claude-daemon")
+DAEMON_TLS_NAME = VARS.get("kit_daemon_tls_name", "claude-daemon.internal")
 SERVED_PROGRAM = pathlib.Path(PROJECT, "roles", "tls", "files", "tls-served-cert").read_text()
 RECAP_RE = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
@@ -66,6 +71,19 @@ def served(host):
         f"{name}:{port}:{protocol}" for name, port, protocol in ENDPOINTS]
     out = host.check_output("python3 -c %s " + " ".join(["%s"] * len(args)), SERVED_PROGRAM, *args)
     return {e["name"]: e for e in json.loads(out)["endpoints"]}
+
+
+def daemon_served(app):
+    """The same probe on an app host, for its daemon's port."""
+    args = ["--address", address(app), "--ca", CA_FILE, "--cert", CERT_FILE, f"daemon:{DAEMON_PORT}:tls"]
+    out = app.check_output("python3 -c %s " + " ".join(["%s"] * len(args)), SERVED_PROGRAM, *args)
+    return json.loads(out)["endpoints"][0]
+
+
+def daemon_started():
+    """When each app host's daemon container started: a restart changes it."""
+    return {name: target.check_output("docker inspect -f '{{.State.StartedAt}}' %s", DAEMON_CONTAINER)
+            for name, target in HOSTS.items() if name in APP_HOSTS}
 
 
 def main_pids():
@@ -107,6 +125,8 @@ def test_each_certificate_names_the_host_and_the_addresses_clients_use(host):
         addresses = {str(a) for a in sans.get_values_for_type(x509.IPAddress)}
         assert {name, "localhost"} <= names, f"{name}: {names}"
         assert {address(target), "127.0.0.1"} <= addresses, f"{name}: {addresses}"
+        # The daemons' shared name (Nginx's proxy_ssl_name, Prometheus's server_name): app hosts only.
+        assert (DAEMON_TLS_NAME in names) == (name in APP_HOSTS), f"{name}: {names}"
         usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         assert {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH} <= set(usages), name
 
@@ -154,6 +174,7 @@ def test_a_rotation_renews_the_certificates_inside_the_window_and_reloads_withou
     test's site.yml run.)"""
     before = {name: (fingerprint(target), target.file(KEY_FILE).md5sum) for name, target in HOSTS.items()}
     pids = main_pids()
+    started = daemon_started()
     answers, stop = [], threading.Event()
 
     def poll():  # the stack keeps answering while it rotates
@@ -183,6 +204,11 @@ def test_a_rotation_renews_the_certificates_inside_the_window_and_reloads_withou
     report = served(DATA)
     assert all(report[name]["ok"] and report[name]["matches"] for name, _p, _pr in ENDPOINTS), report
     assert main_pids() == pids
+    # Each daemon presents its host's new certificate, and its container was not restarted.
+    for name in APP_HOSTS:
+        report = daemon_served(HOSTS[name])
+        assert report["ok"] and report["matches"], (name, report)
+    assert daemon_started() == started
     assert answers and all(answer == (200, "postgresql") for answer in answers), \
         [answer for answer in answers if answer != (200, "postgresql")]
 

@@ -66,9 +66,12 @@ def test_daemons_listen_on_the_renamed_port_and_nginx_follows(host):
     for app in APPS:
         assert app.socket(f"tcp://0.0.0.0:{port}").is_listening or app.socket(f"tcp://127.0.0.1:{port}").is_listening
         assert not app.socket("tcp://127.0.0.1:5001").is_listening
-        # The app hosts have python3, not curl.
-        health = app.check_output("python3 -c %s %s", "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())",
-                                  f"http://127.0.0.1:{port}/health")
+        # The app hosts have python3, not curl. HTTPS, verified against the kit's CA.
+        health = app.check_output(
+            "python3 -c %s %s %s",
+            "import ssl, sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10, "
+            "context=ssl.create_default_context(cafile=sys.argv[2])).read().decode())",
+            f"https://127.0.0.1:{port}/health", KIT.get("kit_tls_ca_file", "/etc/claude-kit/tls/ca.crt"))
         assert json.loads(health)["status"] == "ok"
     conf = DATA.file("/etc/nginx/nginx.conf").content_string
     upstreams = [line for line in conf.splitlines() if line.strip().startswith("server ") and "max_fails" in line]
