@@ -8,11 +8,13 @@ the tests that stop them.
 """
 
 import contextlib
+import hashlib
 import json
 import math
 import os
 import shlex
 import socket
+import ssl
 import subprocess
 import time
 import urllib.parse
@@ -28,6 +30,33 @@ testinfra_hosts = ["stack-data"]
 VARS = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY).get_variables("stack-data")
 HOSTS = {"stack-data": DATA, "stack-app1": APPS[0], "stack-app2": APPS[1]}
 STATES = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
+CA_FILE = VARS.get("kit_tls_ca_file", "/etc/claude-kit/tls/ca.crt")
+CERT_FILE = VARS.get("kit_tls_cert_file", "/etc/claude-kit/tls/server.crt")
+PORTS = {name: int(VARS.get(f"monitoring_{name}_exporter_port", default))
+         for name, default in (("node", 9100), ("postgres", 9187), ("redis", 9121), ("nginx", 9113))}
+# Every exporter Prometheus scrapes: (host, exporter); stack-data is in the database, cache and web groups.
+EXPORTERS = [(DATA, name) for name in PORTS] + [(app, "node") for app in APPS]
+# Run on a host: one handshake with ADDRESS PORT, verifying against --ca (and the address, unless
+# --server-name names another), at exactly --version when given; prints JSON {ok, version, sha256, error}.
+TLS_PROBE = """
+import argparse, hashlib, json, socket, ssl
+parser = argparse.ArgumentParser()
+parser.add_argument("address"); parser.add_argument("port", type=int)
+parser.add_argument("--ca"); parser.add_argument("--server-name"); parser.add_argument("--version")
+args = parser.parse_args()
+ctx = ssl.create_default_context(cafile=args.ca)
+if args.version:
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    ctx.minimum_version = ctx.maximum_version = getattr(ssl.TLSVersion, args.version)
+try:
+    with socket.create_connection((args.address, args.port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname=args.server_name or args.address) as tls:
+            print(json.dumps({"ok": True, "version": tls.version(), "error": None,
+                              "sha256": hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest()}))
+except (ssl.SSLError, ssl.CertificateError, OSError) as err:
+    print(json.dumps({"ok": False, "version": None, "sha256": None,
+                      "error": getattr(err, "verify_message", None) or getattr(err, "reason", None) or str(err)}))
+"""
 
 
 def ip(host):
@@ -65,19 +94,33 @@ def query(expr):
     return prometheus("/api/v1/query", query=expr)["result"]
 
 
-def on_host(host, url, cafile=""):
-    """GET url from inside a host (what that host can reach): (status or error, body). An https://
-    URL is verified against cafile (a file on that host), or the system's trust store."""
+def on_host(host, url, cafile=CA_FILE):
+    """GET url from inside a host (what that host can reach): (status or error, body). An https
+    URL is verified against cafile (a file on that host; the kit's CA unless told) and its
+    address or name, as Prometheus does."""
     script = ("import ssl, sys, urllib.request as u\n"
+              "ctx = ssl.create_default_context(cafile=sys.argv[2])\n"
               "try:\n"
-              "    https = u.HTTPSHandler(context=ssl.create_default_context(cafile=sys.argv[2] or None))\n"
-              "    r = u.build_opener(u.ProxyHandler({}), https).open(sys.argv[1], timeout=4)\n"
+              "    r = u.build_opener(u.ProxyHandler({}), u.HTTPSHandler(context=ctx)).open(sys.argv[1], timeout=4)\n"
               "    print(r.status); print(r.read().decode())\n"
+              "except u.HTTPError as e:\n"
+              "    print(e.code)\n"
               "except Exception as e:\n"
               "    print(type(e).__name__)\n")
     out = host.run(f"python3 -c {shlex.quote(script)} {shlex.quote(url)} {shlex.quote(cafile)}").stdout
     status, _, body = out.partition("\n")
     return status, body
+
+
+def exporter_url(host, port, scheme="https"):
+    return f"{scheme}://{ip(host)}:{port}/metrics"
+
+
+def tls_probe(host, address, port, **kwargs):
+    """From inside `host`, one TLS handshake with address:port (tls_probe.py's JSON answer)."""
+    args = [f"--{key.replace('_', '-')}={value}" for key, value in kwargs.items()]
+    out = host.check_output("python3 -c %s %s %s " + " ".join(["%s"] * len(args)), TLS_PROBE, address, str(port), *args)
+    return json.loads(out)
 
 
 def wait_until(what, predicate, timeout, interval=1.0):
@@ -160,6 +203,13 @@ def test_prometheus_scrapes_every_exporter_and_the_daemons(host):
         return seen if set(seen) == expected and set(seen.values()) == {"up"} else None
 
     wait_until("every target up", all_up, 90, 3)
+    # The exporters' targets are up over verified HTTPS, not plain HTTP: a broken TLS scrape is a down target.
+    targets = prometheus("/api/v1/targets", state="active")["activeTargets"]
+    schemes = {(t["labels"]["job"], t["labels"]["host"]): t["scrapeUrl"].split("://")[0] for t in targets}
+    assert {key: scheme for key, scheme in schemes.items() if key[0] in PORTS} == {
+        (name, target.backend.get_hostname()): "https" for target, name in EXPORTERS}
+    exporter_targets = [t for t in targets if t["labels"]["job"] in PORTS]
+    assert all(t["lastError"] == "" for t in exporter_targets), [(t["scrapeUrl"], t["lastError"]) for t in exporter_targets]
     # The exporters really read their services, not only answer.
     for expr in ('pg_up{host="stack-data"}', 'redis_up{host="stack-data"}', 'nginx_up{host="stack-data"}'):
         assert [r["value"][1] for r in query(expr)] == ["1"], expr
@@ -180,24 +230,64 @@ def test_the_checks_and_the_backups_reach_prometheus_through_node_exporter(host)
 def test_exporters_answer_the_monitoring_host_only(host):
     data_ip = ip(DATA)
     # The monitoring host (stack-data) reaches its own and the app hosts' exporters ...
-    assert on_host(DATA, f"http://{data_ip}:9187/metrics")[0] == "200"
-    assert on_host(DATA, f"http://{ip(APPS[0])}:9100/metrics")[0] == "200"
+    assert on_host(DATA, exporter_url(DATA, PORTS["postgres"]))[0] == "200"
+    assert on_host(DATA, exporter_url(APPS[0], PORTS["node"]))[0] == "200"
     # ... an app host does not reach stack-data's, nor the other app host's ...
-    for port in (9100, 9187, 9121, 9113):
-        assert on_host(APPS[0], f"http://{data_ip}:{port}/metrics")[0] in ("URLError", "TimeoutError"), port
-    assert on_host(APPS[0], f"http://{ip(APPS[1])}:9100/metrics")[0] in ("URLError", "TimeoutError")
+    for port in PORTS.values():
+        assert on_host(APPS[0], exporter_url(DATA, port))[0] in ("URLError", "TimeoutError"), port
+    assert on_host(APPS[0], exporter_url(APPS[1], PORTS["node"]))[0] in ("URLError", "TimeoutError")
     # ... and neither does the controller (the lab's and CI's machine).
-    for port in (9100, 9187):
+    for port in (PORTS["node"], PORTS["postgres"]):
         with socket.socket() as sock:
             sock.settimeout(3)
             assert sock.connect_ex((data_ip, port)) != 0, port
+
+
+def test_each_exporter_answers_only_tls_with_its_hosts_certificate_verified_by_the_kit_ca(host):
+    for target, name in EXPORTERS:
+        label, port = f"{target.backend.get_hostname()}:{name}", PORTS[name]
+        # HTTPS, verified against the kit's CA and the target's address (as Prometheus scrapes it) ...
+        status, body = on_host(DATA, exporter_url(target, port))
+        assert status == "200" and "# TYPE " in body, (label, status)
+        # ... presenting the certificate the tls role installed on that host ...
+        probe = tls_probe(DATA, ip(target), port, ca=CA_FILE)
+        installed = ssl.PEM_cert_to_DER_cert(target.file(CERT_FILE).content_string.split("-----END CERTIFICATE-----")[0]
+                                             + "-----END CERTIFICATE-----\n")
+        assert probe["ok"] and probe["sha256"] == hashlib.sha256(installed).hexdigest(), (label, probe)
+        # ... refused for another name, or under another CA (the system's) ...
+        assert "mismatch" in tls_probe(DATA, ip(target), port, ca=CA_FILE, server_name="192.0.2.1")["error"], label
+        assert not tls_probe(DATA, ip(target), port, ca="/etc/ssl/certs/ca-certificates.crt")["ok"], label
+        # ... never TLS 1.1 ...
+        assert tls_probe(DATA, ip(target), port, ca=CA_FILE, version="TLSv1_1")["error"] in (
+            "TLSV1_ALERT_PROTOCOL_VERSION", "UNSUPPORTED_PROTOCOL"), label
+        # ... and plain HTTP gets an error page, no metrics (Go and Nginx answer 400).
+        status, body = on_host(DATA, exporter_url(target, port, scheme="http"))
+        assert status == "400" and "# TYPE " not in body, (label, status)
+
+
+def test_the_exporters_read_the_key_through_their_units_not_the_prometheus_user(host):
+    key_group = VARS.get("kit_tls_key_group", "ssl-cert")
+    gid = DATA.group(key_group).gid
+    # Prometheus and Alertmanager run as the same user: that user is not in the key's group ...
+    assert key_group not in DATA.user("prometheus").groups
+    # ... only the units of the exporters that serve TLS themselves are (nginx_exporter is behind Nginx).
+    for name in ("node", "postgres", "redis"):
+        pid = DATA.check_output("systemctl show -p MainPID --value prometheus-%s-exporter.service", name)
+        groups = DATA.check_output("awk '/^Groups:/ {$1 = \"\"; print}' /proc/%s/status", pid).split()
+        assert str(gid) in groups, (name, groups)
+    prometheus_pid = DATA.check_output("systemctl show -p MainPID --value prometheus.service")
+    assert str(gid) not in DATA.check_output("grep ^Groups: /proc/%s/status", prometheus_pid).split()[1:]
+    # nginx_exporter itself listens on loopback only; Nginx serves its TLS.
+    local = int(VARS.get("monitoring_nginx_exporter_local_port", 19113))
+    assert DATA.socket(f"tcp://127.0.0.1:{local}").is_listening
+    assert not DATA.socket(f"tcp://{ip(DATA)}:{local}").is_listening
 
 
 def test_daemon_metrics_are_served_to_prometheus_not_through_nginx(host):
     assert http("GET", "/metrics")[0] == 404
     # Over HTTPS only, verified against the kit's CA; plain HTTP gets no answer.
     url = f"{ip(APPS[0])}:{VARS['kit_daemon_port']}/metrics"
-    status, body = on_host(DATA, f"https://{url}", VARS.get("kit_tls_ca_file", "/etc/claude-kit/tls/ca.crt"))
+    status, body = on_host(DATA, f"https://{url}")
     assert status == "200" and "claude_daemon_http_requests_total" in body
     assert not on_host(DATA, f"http://{url}")[0].isdigit()  # no HTTP answer at all
 

@@ -336,12 +336,16 @@ def test_redis_exporter_and_the_redis_check_log_in_with_the_new_monitoring_passw
     assert DATA.check_output("sha256sum /etc/claude-kit/monitoring/secrets/redis.pass").split()[0] == sha256(
         rotation["new"]["redis_monitor_password"] + "\n")
     port = int(KIT.get("monitoring_redis_exporter_port", 9121))
-    url = f"http://{host_address(DATA)}:{port}/metrics"
-    script = ("import sys, urllib.request as u\n"
-              "print(u.build_opener(u.ProxyHandler({})).open(sys.argv[1], timeout=5).read().decode())")
+    # HTTPS, verified against the kit's CA and the address, as Prometheus scrapes it.
+    url = f"https://{host_address(DATA)}:{port}/metrics"
+    ca_file = KIT.get("kit_tls_ca_file", "/etc/claude-kit/tls/ca.crt")
+    script = ("import ssl, sys, urllib.request as u\n"
+              "ctx = ssl.create_default_context(cafile=sys.argv[2])\n"
+              "print(u.build_opener(u.ProxyHandler({}), u.HTTPSHandler(context=ctx)).open(sys.argv[1], timeout=5)"
+              ".read().decode())")
     deadline = time.time() + 60
     while True:
-        metrics = DATA.run("python3 -c %s %s", script, url).stdout
+        metrics = DATA.run("python3 -c %s %s %s", script, url, ca_file).stdout
         if re.search(r"^redis_up 1$", metrics, re.M) or time.time() > deadline:
             break
         time.sleep(3)

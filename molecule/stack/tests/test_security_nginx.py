@@ -238,8 +238,11 @@ def test_an_unknown_host_name_gets_no_answer(host, https):
 def test_no_default_site(host):
     assert not DATA.file("/etc/nginx/sites-enabled/default").exists
     config = DATA.check_output("nginx -T 2>/dev/null")
-    # The kit's nginx.conf is the whole configuration: it includes no site directory.
+    # The kit's nginx.conf is the whole configuration: it includes no site directory of Debian's,
+    # and its own include directory holds only the monitoring role's HTTPS front of nginx_exporter.
     assert not re.search(r"^\s*include\s+/etc/nginx/(sites-enabled|conf\.d)/", config, re.M)
+    include_dir = VARS.get("kit_nginx_include_dir", "/etc/nginx/claude-kit.d")
+    assert DATA.check_output("ls -A %s", include_dir).split() == ["claude-kit-nginx-exporter.conf"]
 
 
 def test_workers_run_as_www_data_and_only_the_master_as_root(host):

@@ -43,7 +43,13 @@ APP = HOSTS["stack-app1"]
 # What stack-data serves with TLS (it is in the database, cache and web groups).
 ENDPOINTS = [("postgresql", int(VARS.get("kit_db_port", 5432)), "postgresql"),
              ("redis", int(VARS.get("kit_redis_port", 6379)), "tls"),
-             ("nginx", int(VARS.get("nginx_https_port", 443)), "tls")]
+             ("nginx", int(VARS.get("nginx_https_port", 443)), "tls"),
+             # The exporters Prometheus scrapes over HTTPS (monitoring_exporter_tls): node_exporter,
+             # postgres_exporter and redis_exporter themselves, nginx_exporter behind Nginx.
+             ("node_exporter", int(VARS.get("monitoring_node_exporter_port", 9100)), "tls"),
+             ("postgres_exporter", int(VARS.get("monitoring_postgres_exporter_port", 9187)), "tls"),
+             ("redis_exporter", int(VARS.get("monitoring_redis_exporter_port", 9121)), "tls"),
+             ("nginx_exporter", int(VARS.get("monitoring_nginx_exporter_port", 9113)), "tls")]
 APP_HOSTS = RUNNER.get_hosts("app")
 DAEMON_PORT = int(VARS.get("kit_daemon_port", 5001))
 DAEMON_CONTAINER = VARS.get("kit_daemon_container_name", "claude-daemon")
@@ -64,11 +70,11 @@ def fingerprint(host):
     return hashlib.sha256(ssl.PEM_cert_to_DER_cert(host.file(CERT_FILE).content_string)).hexdigest()
 
 
-def served(host):
+def served(host, endpoints=None):
     """{service: the endpoint's report} from the role's own probe, run on the host against its own
     address: the certificate presented, compared with the installed one, verified against the CA."""
     args = ["--address", address(host), "--ca", CA_FILE, "--cert", CERT_FILE] + [
-        f"{name}:{port}:{protocol}" for name, port, protocol in ENDPOINTS]
+        f"{name}:{port}:{protocol}" for name, port, protocol in endpoints or ENDPOINTS]
     out = host.check_output("python3 -c %s " + " ".join(["%s"] * len(args)), SERVED_PROGRAM, *args)
     return {e["name"]: e for e in json.loads(out)["endpoints"]}
 
@@ -90,7 +96,11 @@ def main_pids():
     """The services' main processes: a reload keeps them, a restart replaces them."""
     return {"postgresql": DATA.check_output("head -n 1 /var/lib/postgresql/15/main/postmaster.pid"),
             "nginx": DATA.check_output("systemctl show -p MainPID --value nginx.service"),
-            "redis": DATA.check_output("systemctl show -p MainPID --value redis-server.service")}
+            "redis": DATA.check_output("systemctl show -p MainPID --value redis-server.service"),
+            # The exporters read the certificate again at each handshake: no restart either.
+            **{f"{name}_exporter": DATA.check_output("systemctl show -p MainPID --value prometheus-%s-exporter.service",
+                                                     name)
+               for name in ("node", "postgres", "redis")}}
 
 
 def rotate(*args):
@@ -200,9 +210,11 @@ def test_a_rotation_renews_the_certificates_inside_the_window_and_reloads_withou
         assert cert != before[name][0] and key != before[name][1], f"{name}: not renewed with a new key"
         lifetime = certificate(target).not_valid_after_utc - certificate(target).not_valid_before_utc
         assert 399 <= lifetime.days <= 401, f"{name}: {lifetime}"
-    # PostgreSQL, Redis and Nginx present the new certificate, and the same processes still run.
+    # PostgreSQL, Redis, Nginx and the exporters present the new certificate, and the same processes still run.
     report = served(DATA)
     assert all(report[name]["ok"] and report[name]["matches"] for name, _p, _pr in ENDPOINTS), report
+    node_exporter = [endpoint for endpoint in ENDPOINTS if endpoint[0] == "node_exporter"]
+    assert served(APP, node_exporter)["node_exporter"]["ok"], "stack-app1's node_exporter"
     assert main_pids() == pids
     # Each daemon presents its host's new certificate, and its container was not restarted.
     for name in APP_HOSTS:
