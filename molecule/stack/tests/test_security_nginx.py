@@ -211,13 +211,40 @@ def test_connections_beyond_the_per_address_limit_get_429(host):
     assert request("GET", "/health")[0] == 200
 
 
+def test_a_raised_client_is_not_held_to_the_sites_rate_while_everyone_else_is(host):
+    """nginx_rate_limit_raised_clients (the scenario raises 127.0.0.1/32, a benchmark's client):
+    300 requests in a row over one connection from the web host's loopback (verified: the
+    certificate carries 127.0.0.1) all get 200, where the test above saw 429 within 200 from
+    the host's address."""
+    raised = VARS.get("nginx_rate_limit_raised_clients", [])
+    assert raised == ["127.0.0.1/32"], raised
+    script = ("import http.client, ssl, sys, collections\n"
+              "ctx = ssl.create_default_context(cafile=sys.argv[1])\n"
+              "conn = http.client.HTTPSConnection('127.0.0.1', int(sys.argv[3]), timeout=10, context=ctx)\n"
+              "seen = collections.Counter()\n"
+              "for _ in range(300):\n"
+              "    conn.request('GET', '/health', headers={'Host': sys.argv[2]})\n"
+              "    r = conn.getresponse(); r.read(); seen[r.status] += 1\n"
+              "print(dict(seen))\n")
+    out = DATA.check_output("python3 -c %s %s %s %s", script, VARS.get("kit_tls_ca_file", "/etc/claude-kit/tls/ca.crt"),
+                            web_address(), HTTPS_PORT)
+    assert out.strip() == "{200: 300}", out
+    wait_until_answering()
+
+
 def test_timeouts_and_limits_are_in_the_running_configuration(host):
     config = DATA.check_output("nginx -T 2>/dev/null")
     for directive, default in (("client_header_timeout", "10s"), ("client_body_timeout", "10s"),
                                ("send_timeout", "10s"), ("keepalive_timeout", "15s"),
                                ("client_max_body_size", "1m")):
         assert re.search(rf"^\s*{directive} {VARS.get('nginx_' + directive, default)};", config, re.M), directive
-    assert re.search(r"^\s*limit_conn_zone \$binary_remote_addr zone=\S+;", config, re.M)
+    # Per address for every client; the map's key is the address itself for all but the raised ones.
+    assert re.search(r"^\s*limit_conn_zone \$claude_limit_key zone=claude_conn:\S+;", config, re.M)
+    assert re.search(r"^\s*limit_req_zone \$claude_limit_key zone=claude_api:\S+ rate=%s;"
+                     % re.escape(VARS.get("nginx_rate_limit", "20r/s")), config, re.M)
+    assert re.search(r"map \$claude_raised_client \$claude_limit_key \{\s*1 \"\";\s*default \$binary_remote_addr;",
+                     config)
+    assert re.search(r"geo \$claude_raised_client \{\s*default 0;\s*127\.0\.0\.1/32 1;\s*\}", config)
     assert re.search(rf"^\s*limit_conn \S+ {VARS.get('nginx_limit_conn', 20)};", config, re.M)
     assert re.search(r"^\s*server_tokens off;", config, re.M)
     assert re.search(r"^\s*ssl_session_tickets off;", config, re.M)
