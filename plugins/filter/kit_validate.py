@@ -330,6 +330,25 @@ def _items(mapping, caller):
     return list(mapping.items())
 
 
+NGINX_TIME_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "M": 2592000, "y": 31536000}
+NGINX_TIME_RE = re.compile(r"([0-9]+)(ms|s|m|h|d|w|M|y)?")
+
+
+def kit_nginx_seconds(value):
+    """Seconds in an Nginx time ("30s", "1m30s", "500ms", "10": seconds), as a float; an
+    error naming the value when it is not one."""
+    text = str(value).strip()
+    position, total = 0, 0.0
+    for match in NGINX_TIME_RE.finditer(text):
+        if match.start() != position:
+            break
+        total += int(match.group(1)) * NGINX_TIME_UNITS[match.group(2) or "s"]
+        position = match.end()
+    if not text or position != len(text):
+        raise KitInputError(f"kit_nginx_seconds: {value!r} is not an Nginx time such as 10s or 1m")
+    return total
+
+
 class FilterModule:
     """Ansible filter plugin entry point."""
 
@@ -338,6 +357,7 @@ class FilterModule:
             "kit_port_problems": kit_port_problems,
             "kit_port_clashes": kit_port_clashes,
             "kit_size_bytes": kit_size_bytes,
+            "kit_nginx_seconds": kit_nginx_seconds,
             "kit_size_problems": kit_size_problems,
             "kit_pg_memory_problems": kit_pg_memory_problems,
             "kit_address_problems": kit_address_problems,

@@ -2,6 +2,8 @@
 
 Each problem names the variable; a secret's value never appears in one."""
 
+import re
+
 import pytest
 
 from ansible_collections.claude_kit.stack.plugins.filter.kit_validate import (
@@ -9,6 +11,7 @@ from ansible_collections.claude_kit.stack.plugins.filter.kit_validate import (
     KitInputError,
     kit_address_problems,
     kit_host_kind,
+    kit_nginx_seconds,
     kit_pg_memory_problems,
     kit_port_clashes,
     kit_port_problems,
@@ -258,4 +261,19 @@ def test_the_filters_refuse_input_that_is_no_mapping():
 def test_every_filter_is_exported():
     assert set(FilterModule().filters()) == {
         "kit_port_problems", "kit_port_clashes", "kit_size_bytes", "kit_size_problems", "kit_pg_memory_problems",
-        "kit_address_problems", "kit_host_kind", "kit_secret_presence_problems", "kit_secret_problems"}
+        "kit_address_problems", "kit_host_kind", "kit_secret_presence_problems", "kit_secret_problems",
+        "kit_nginx_seconds"}
+
+
+# --- Nginx times ---------------------------------------------------------------
+
+@pytest.mark.parametrize("value, seconds", [("30s", 30), ("10", 10), (10, 10), ("1m", 60), ("1m30s", 90),
+                                            ("500ms", 0.5), ("2h", 7200), (" 5s ", 5), ("1d", 86400)])
+def test_an_nginx_time_is_read_in_seconds(value, seconds):
+    assert kit_nginx_seconds(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["", "s", "30x", "1.5s", "-3s", "30s ago", "m1", None])
+def test_a_value_that_is_not_an_nginx_time_is_refused_by_name(value):
+    with pytest.raises(KitInputError, match=re.escape(repr(value)) + " is not an Nginx time"):
+        kit_nginx_seconds(value)
