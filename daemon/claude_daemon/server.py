@@ -160,6 +160,13 @@ class DaemonWorker(ThreadWorker):
         finally:
             self._local.conn = None
 
+    def handle_request(self, req, conn):
+        if req.version[0] != 1:  # gunicorn's parser takes any HTTP/d.d; HTTP/1.0 and 1.1 only here
+            self.handle_error(None, conn.sock, conn.client, gerrors.InvalidHTTPVersion(f"HTTP/{req.version[0]}."
+                                                                                        f"{req.version[1]}"))
+            return False
+        return super().handle_request(req, conn)
+
     def handle_error(self, req, client, addr, exc):
         """What the parser refused, answered in JSON (never gunicorn's HTML)."""
         if isinstance(exc, (socket.timeout, TimeoutError)):
@@ -169,6 +176,7 @@ class DaemonWorker(ThreadWorker):
                                         addr[0] if addr else "-")
         try:
             client.sendall(response.body if bare else raw_response(response))
+            _linger(client)
         except OSError:
             pass
 
@@ -198,14 +206,14 @@ def parse_error(exc):
     if isinstance(exc, gerrors.LimitRequestLine):
         return 414, "Request-URI Too Long", False
     if isinstance(exc, gerrors.InvalidRequestLine):
-        bits = str(exc).split()
+        bits = str(exc.req).split()
         if len(bits) == 3 and bits[2] in ("HTTP/1.0", "HTTP/1.1"):
             return 400, "invalid request target", False
-        return 400, f"Bad request syntax ({_short(str(exc))!r})", True
+        return 400, f"Bad request syntax ({_short(str(exc.req))!r})", True
     if isinstance(exc, gerrors.InvalidHTTPVersion):
-        return 400, f"Bad request version ({_short(str(exc))!r})", True
+        return 400, f"Bad request version ({_short(str(exc.version))!r})", True
     if isinstance(exc, gerrors.InvalidRequestMethod):
-        return 405, f"Unsupported method ({_short(str(exc))!r})", False
+        return 405, f"Unsupported method ({_short(str(exc.method))!r})", False
     if isinstance(exc, gerrors.LimitRequestHeaders):
         return 431, "Request Header Fields Too Large", False
     if isinstance(exc, gerrors.InvalidHeader) and "CONTENT-LENGTH" in str(exc):
@@ -218,6 +226,22 @@ def parse_error(exc):
         return 400, "Bad request", True
     log.error("unexpected error while reading a request: %r", exc)
     return 500, "internal server error", False
+
+
+def _linger(sock, timeout=1.0, limit=1024 * 1024):
+    """After an error answer: end our side, then read (and drop) what the client still
+    sends for a moment, so that closing with unread data does not reset the
+    connection before the client has read the answer."""
+    if isinstance(sock, ssl.SSLSocket):
+        return
+    sock.shutdown(socket.SHUT_WR)
+    sock.settimeout(timeout)
+    read = 0
+    while read < limit:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        read += len(chunk)
 
 
 def _short(text, limit=100):
