@@ -88,6 +88,9 @@ class DaemonConn(TConn):
         # Called in the accept loop: nothing that can block here.
         self.sock.setblocking(True)
         if self.parser is None:
+            # gunicorn writes a response's headers and body in two sends: without
+            # this, Nagle's algorithm holds the body back until the client's ACK.
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.worker.tls is not None:
                 self.sock = self.worker.tls.current().wrap_socket(self.sock, server_side=True,
                                                                   do_handshake_on_connect=False)
