@@ -23,16 +23,22 @@ Two things the stock worker does differently are changed here:
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import email.utils
 import errno
+import functools
 import http
 import logging
 import os
+import selectors
 import socket
 import ssl
+import sys
 import threading
+import time
 
 from gunicorn import config as gconfig
+from gunicorn.http import RequestParser
 from gunicorn.http import errors as gerrors
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
@@ -51,8 +57,15 @@ class _GunicornLog:
     def __init__(self):
         self._log = logging.getLogger("claude_daemon.http")
 
-    def __getattr__(self, name):  # debug, info, warning, error, exception, critical
+    def __getattr__(self, name):  # debug, info, warning, error, critical
         return getattr(self._log, name)
+
+    def exception(self, msg, *args, **kwargs):
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (socket.timeout, TimeoutError)):  # a client too slow to send its request
+            self._log.info("connection timed out: the client sent no complete request in time")
+            return
+        self._log.exception(msg, *args, **kwargs)
 
     def access(self, *args, **kwargs):
         pass
@@ -94,8 +107,6 @@ class DaemonConn(TConn):
             if self.worker.tls is not None:
                 self.sock = self.worker.tls.current().wrap_socket(self.sock, server_side=True,
                                                                   do_handshake_on_connect=False)
-            from gunicorn.http import RequestParser
-
             self.parser = RequestParser(self.cfg, self.sock, self.client)
         # A client gets this long for each read (request line, headers, body) and write.
         self.sock.settimeout(self.worker.request_timeout)
@@ -121,9 +132,6 @@ class DaemonWorker(ThreadWorker):
         return True
 
     def prepare(self):
-        import concurrent.futures
-        import selectors
-
         self.tpool = concurrent.futures.ThreadPoolExecutor(max_workers=self.cfg.threads,
                                                            thread_name_prefix="http")
         self.poller = selectors.DefaultSelector()
@@ -140,7 +148,30 @@ class DaemonWorker(ThreadWorker):
             return
         conn = DaemonConn(self, sock, client, server)
         self.nr_conns += 1
-        self.enqueue_req(conn)
+        # Not handed to a request thread before it has sent something: a client
+        # that connects and stays silent holds no thread, only a connection slot,
+        # and is closed after the request (or TLS handshake) timeout (murder_keepalived).
+        conn.timeout = time.time() + (self.request_timeout if self.tls is None else self.tls_handshake_timeout)
+        with self._lock:
+            self._keep.append(conn)
+            self.poller.register(conn.sock, selectors.EVENT_READ, functools.partial(self.reuse_connection, conn))
+
+    def murder_keepalived(self):
+        """Close the waiting connections whose time is up (idle keep-alive ones after
+        DAEMON_KEEPALIVE, new silent ones after the request timeout): all of them,
+        not only those before the first that is not due (their deadlines differ)."""
+        now = time.time()
+        with self._lock:
+            due = [conn for conn in self._keep if conn.timeout <= now]
+            for conn in due:
+                self._keep.remove(conn)
+                try:
+                    self.poller.unregister(conn.sock)
+                except (KeyError, ValueError, OSError):
+                    pass
+        for conn in due:
+            self.nr_conns -= 1
+            conn.close()
 
     def current_connection(self):
         return getattr(self._local, "conn", None)

@@ -96,3 +96,22 @@ def test_more_clients_than_threads_are_all_served(start_app, tmp_path):
     finally:
         for conn in conns:
             conn.close()
+
+
+def test_silent_connections_hold_no_request_thread(start_app, tmp_path):
+    """More clients that connect and send nothing than there are threads: a real
+    request is still answered at once (a thread is taken only once bytes arrive)."""
+    app = sqlite_app(start_app, tmp_path, DAEMON_THREADS=2)
+    silent = [socket.create_connection(("127.0.0.1", app.port), timeout=15) for _ in range(6)]
+    try:
+        time.sleep(0.3)
+        conn = http.client.HTTPConnection("127.0.0.1", app.port, timeout=3)
+        started = time.monotonic()
+        conn.request("GET", "/health")
+        assert conn.getresponse().status == 200 and time.monotonic() - started < 1.5
+        conn.close()
+        # ... and they are closed after the request timeout (10 s).
+        assert silent[0].recv(1) == b""
+    finally:
+        for sock in silent:
+            sock.close()
