@@ -1,4 +1,4 @@
-"""The HTTP API and dashboard, on the standard library's ThreadingHTTPServer.
+"""The HTTP API and dashboard, a WSGI application served by gunicorn's gthread worker (server.py).
 
     GET  /                              the dashboard (static/index.html)
     GET  /health                        200 / 503, JSON state of database, Redis, features
@@ -9,9 +9,9 @@
     GET  /api/predictions?from=&to=&limit=
     GET  /metrics                       Prometheus text format (metrics.py); 404 with METRICS_ENABLED=0
 
-HTTPS only when DAEMON_TLS_CERT and DAEMON_TLS_KEY are set (tls.py): the
-handshake runs in the connection's own thread, with a timeout, so a client
-that never completes it holds no one else up. JSON in and out. Bad input gets a 4xx with {"error": "..."}; an unexpected
+HTTP/1.1 with keep-alive. HTTPS only when DAEMON_TLS_CERT and DAEMON_TLS_KEY
+are set (tls.py): the handshake runs in a request thread, with a timeout, so a
+client that never completes it holds no one else up. JSON in and out. Bad input gets a 4xx with {"error": "..."}; an unexpected
 exception is logged (one line) and answered with a generic 500, never a trace.
 """
 
@@ -21,16 +21,13 @@ import base64
 import datetime as dt
 import decimal
 import hashlib
+import http
 import http.cookies
-import http.server
 import json
 import logging
 import pathlib
 import re
 import socket
-import ssl
-import sys
-import threading
 import time
 import urllib.parse
 import uuid
@@ -42,6 +39,7 @@ from .errors import CommitInDoubt, Conflict, Rejected, StoreUnavailable
 from .metrics import Metrics
 from .monitor import UsageMonitor
 from .pool import PoolTimeout
+from .server import KNOWN_METHODS, SERVER_NAME, HttpServer
 from .tls import ReloadingContext
 
 log = logging.getLogger("claude_daemon.api")
@@ -180,15 +178,14 @@ class App:
     # -- life cycle ----------------------------------------------------------------------
     def start(self, host="0.0.0.0", port=None, background=True):
         self.db.start(background=background)
-        handler = type("BoundHandler", (Handler,), {"app": self})
         tls = ReloadingContext(self.cfg.tls_cert_file, self.cfg.tls_key_file) if self.cfg.tls else None
-        self.server = Server((host, self.cfg.port if port is None else port), handler, tls=tls)
-        self._server_thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
-                                               name="http", daemon=True)
-        self._server_thread.start()
+        self.server = HttpServer((host, self.cfg.port if port is None else port), self, self.cfg, self, tls=tls,
+                                 request_timeout=REQUEST_TIMEOUT, handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+        self.server.start()
         if background:
             self.monitor.start()
-        log.info("listening on %s:%d (%s) version=%s", host, self.port, "https" if tls else "http", __version__)
+        log.info("listening on %s:%d (%s) version=%s threads=%d keepalive=%gs", host, self.port,
+                 "https" if tls else "http", __version__, self.cfg.http_threads, self.cfg.http_keepalive)
         return self
 
     @property
@@ -198,12 +195,47 @@ class App:
     def stop(self):
         """Stop accepting, finish requests in flight, store the last usage row, close the stores."""
         if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()  # joins the request threads
+            self.server.shutdown()  # waits for the requests in flight (DAEMON_GRACEFUL_TIMEOUT at most)
         self.monitor.stop(flush=True)
         self.db.close()
         self.cache.close()
         log.info("stopped")
+
+    # -- WSGI ----------------------------------------------------------------------------
+    def __call__(self, environ, start_response):
+        """The WSGI application: one request, answered with the API's own Response."""
+        worker_conn = self.server.worker.current_connection() if self.server is not None else None
+        tls_version = "-"
+        if worker_conn is not None:
+            version = getattr(worker_conn.sock, "version", None)
+            tls_version = (version() if callable(version) else None) or "-"
+        request = Request(self, environ, tls_version)
+        method = request.command
+        if method not in KNOWN_METHODS:
+            response = self.refused(method, 405, f"Unsupported method ({method!r})", request.client_address[0])
+            started = template = usage = None
+        else:
+            response, started, template, usage = request.handle(method)
+        gunicorn_response = getattr(start_response, "__self__", None)
+        if gunicorn_response is not None:
+            gunicorn_response.version = SERVER_NAME
+            if request.close_connection or method not in KNOWN_METHODS:
+                gunicorn_response.force_close()
+        status = f"{response.status} {http.HTTPStatus(response.status).phrase}"
+        start_response(status, response_headers(response))
+        body = [] if method == "HEAD" else [response.body]
+        if started is not None:
+            return _After(body, lambda: request.finished(response, started, template, usage))
+        return body
+
+    def refused(self, method, status, message, client="-"):
+        """A request refused before routing (bad request line, unknown method ...): counted as
+        unmatched with no duration (as in the usage monitor), logged, answered in JSON."""
+        self.metrics.observe_request(method, None, status, 0.0)
+        self.monitor.record(None, status, 0.0)
+        log.info("request method=%s path=%s status=%d reason=%s client=%s", _clean(method or "-"), "-", status,
+                 _clean(message), client)
+        return error_response(status, message)
 
     def route(self, method, path):
         lookup = "GET" if method == "HEAD" else method
@@ -348,52 +380,18 @@ class App:
         return json_response(200, self.cached("predictions", key, load, request))
 
 
-# -- HTTP plumbing -----------------------------------------------------------------------
-class Server(http.server.ThreadingHTTPServer):
-    daemon_threads = False  # so that server_close() waits for requests in flight
-    block_on_close = True
-    allow_reuse_address = True
-    request_queue_size = 128
-    tls_handshake_timeout = TLS_HANDSHAKE_TIMEOUT
+class _After:
+    """A WSGI body whose close() (called once the response is written) runs `then`."""
 
-    def __init__(self, address, handler, tls=None):
-        self.tls = tls  # a ReloadingContext: HTTPS only; None: plain HTTP
-        super().__init__(address, handler)
+    def __init__(self, chunks, then):
+        self._chunks = chunks
+        self._then = then
 
-    def finish_request(self, request, client_address):
-        """In the connection's thread (not the accept loop): the TLS handshake, then the request."""
-        if self.tls is None:
-            super().finish_request(request, client_address)
-            return
-        request.settimeout(self.tls_handshake_timeout)
-        conn = self.tls.current().wrap_socket(request, server_side=True, do_handshake_on_connect=False)
-        try:
-            try:
-                conn.do_handshake()
-            except (ssl.SSLError, OSError) as exc:  # plain HTTP, an old protocol, a stalled or vanished client
-                log.info("tls handshake failed client=%s: %s", client_address[0],
-                         getattr(exc, "reason", None) or exc)
-                return
-            super().finish_request(conn, client_address)
-        finally:
-            # wrap_socket detached `request`; the TLS socket is this thread's to close.
-            self._close_tls(conn)
+    def __iter__(self):
+        return iter(self._chunks)
 
-    @staticmethod
-    def _close_tls(conn):
-        try:
-            conn.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        conn.close()
-
-    def handle_error(self, request, client_address):
-        client = client_address[0] if client_address else "-"
-        exc = sys.exc_info()[1]
-        if isinstance(exc, OSError):  # the client went away or timed out: not the daemon's fault
-            log.info("connection dropped client=%s: %s", client, exc)
-        else:
-            log.exception("connection error client=%s", client)
+    def close(self):
+        self._then()
 
 
 def _clean(text, limit=200):
@@ -401,53 +399,35 @@ def _clean(text, limit=200):
     return text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
 
 
-class Handler(http.server.BaseHTTPRequestHandler):
-    app = None  # set by App.start on a subclass
-    server_version = "claude-daemon"
-    sys_version = ""
-    protocol_version = "HTTP/1.0"
-    timeout = REQUEST_TIMEOUT
+class Headers:
+    """A request's headers from its WSGI environ, looked up by name in any case."""
 
-    def version_string(self):
-        return self.server_version
+    def __init__(self, environ):
+        self._environ = environ
 
-    # http.server's own access log goes to stderr; each request is logged once below.
-    def log_message(self, format, *args):  # signature from http.server
-        log.debug("http.server: " + format, *args)
+    def get(self, name, default=None):
+        key = name.upper().replace("-", "_")
+        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+            key = "HTTP_" + key
+        value = self._environ.get(key)
+        return default if value is None else value
 
-    def send_error(self, code, message=None, explain=None):
-        """Errors http.server detects itself (bad request line, unknown method ...), as JSON and 4xx."""
-        status = 405 if code == 501 else (400 if code >= 500 else code)
-        text = message or http.HTTPStatus(code).phrase
+
+class Request:
+    """One request, from gunicorn's WSGI environ: what the handlers read."""
+
+    def __init__(self, app, environ, tls_version="-"):
+        self.app = app
+        self.environ = environ
+        self.command = environ["REQUEST_METHOD"]
+        self.path = environ.get("RAW_URI") or environ.get("PATH_INFO", "/")
+        self.headers = Headers(environ)
+        self.rfile = environ["wsgi.input"]
+        self.client_address = (environ.get("REMOTE_ADDR") or "-",)
+        self.tls_version = tls_version
+        self.close_connection = False
         self.cache_state = None
-        # Counted as unmatched, with no duration (as in the usage monitor): the
-        # request was refused before it was parsed far enough to be routed.
-        self.app.metrics.observe_request(getattr(self, "command", None), None, status, 0.0)
-        self._send(error_response(status, text), head=False)
-        self.app.monitor.record(None, status, 0.0)
-        log.info("request method=%s path=%s status=%d reason=%s", _clean(getattr(self, "command", "") or "-"),
-                 "-", status, _clean(text))
-
-    def do_GET(self):
-        self._handle("GET")
-
-    def do_HEAD(self):
-        self._handle("HEAD")
-
-    def do_POST(self):
-        self._handle("POST")
-
-    def do_PUT(self):
-        self._handle("PUT")
-
-    def do_PATCH(self):
-        self._handle("PATCH")
-
-    def do_DELETE(self):
-        self._handle("DELETE")
-
-    def do_OPTIONS(self):
-        self._handle("OPTIONS")
+        self.body = b""
 
     # -- request body --------------------------------------------------------------------
     def _read_body(self):
@@ -523,7 +503,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return session or None, tokens, cost
 
     # -- dispatch ------------------------------------------------------------------------
-    def _handle(self, method):
+    def handle(self, method):
+        """Route and answer; returns the Response (head: no body is sent)."""
         started = time.monotonic()
         self.cache_state = None
         self.body = b""
@@ -576,30 +557,23 @@ class Handler(http.server.BaseHTTPRequestHandler):
         # scrape must not change what the next one reads.
         if route != METRICS_ROUTE:
             self.app.metrics.observe_request(method, route, response.status, time.monotonic() - started)
-        self._send(response, head=method == "HEAD")
+        self._logged_path = path
+        return response, started, template, (session, tokens, cost)
+
+    def finished(self, response, started, template, usage):
+        """After the response was written: the usage monitor and the request's log line."""
         elapsed_ms = (time.monotonic() - started) * 1000.0
         if template not in ("/health", METRICS_ROUTE):  # probes, not usage
-            self.app.monitor.record(template, response.status, elapsed_ms, session, tokens, cost)
-        log.info("request method=%s path=%s status=%d ms=%.1f cache=%s client=%s tls=%s", method, _clean(path),
-                 response.status, elapsed_ms, self.cache_state or "-", self.client_address[0], self._tls_version())
+            self.app.monitor.record(template, response.status, elapsed_ms, *usage)
+        log.info("request method=%s path=%s status=%d ms=%.1f cache=%s client=%s tls=%s", self.command,
+                 _clean(self._logged_path), response.status, elapsed_ms, self.cache_state or "-",
+                 self.client_address[0], self.tls_version)
 
-    def _tls_version(self):
-        """The connection's protocol (TLSv1.3, TLSv1.2), or - for plain HTTP."""
-        version = getattr(self.connection, "version", None)
-        return (version() if callable(version) else None) or "-"
 
-    def _send(self, response, head):
-        try:
-            self.send_response(response.status)
-            self.send_header("Content-Type", response.content_type)
-            self.send_header("Content-Length", str(len(response.body)))
-            self.send_header("X-Content-Type-Options", "nosniff")
-            if "Cache-Control" not in response.headers:
-                self.send_header("Cache-Control", "no-store")
-            for name, value in response.headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            if not head:
-                self.wfile.write(response.body)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
+def response_headers(response):
+    headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body))),
+               ("X-Content-Type-Options", "nosniff")]
+    if "Cache-Control" not in response.headers:
+        headers.append(("Cache-Control", "no-store"))
+    headers.extend(response.headers.items())
+    return headers

@@ -6,7 +6,9 @@ BMAD_EXECUTION_ENABLED, AUTO_PROJECT_GENERATION) plus the kit's optional
 extras, among them REDIS_PASSWORD_FILE (Redis's password read from a file, so
 that no secret need be in the container's environment), REDIS_CA_FILE (the CA
 a rediss:// server's certificate is verified against), METRICS_ENABLED
-(GET /metrics on or off) and DAEMON_TLS_CERT / DAEMON_TLS_KEY (HTTPS). Every value is checked once, at start; a bad one
+(GET /metrics on or off), DAEMON_TLS_CERT / DAEMON_TLS_KEY (HTTPS) and the HTTP
+server's DAEMON_WORKERS, DAEMON_THREADS, DAEMON_KEEPALIVE,
+DAEMON_GRACEFUL_TIMEOUT and DAEMON_MAX_CONNECTIONS. Every value is checked once, at start; a bad one
 raises ConfigError whose message starts with the variable's name, and the
 daemon exits.
 """
@@ -61,6 +63,18 @@ class Config:
     # Neither: plain HTTP (development, tests).
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
+    # The HTTP server (server.py, gunicorn's gthread worker in this process).
+    # DAEMON_WORKERS: processes; only 1 (see daemon/README.md, "Why one process").
+    http_workers: int = 1
+    # DAEMON_THREADS: requests answered at once.
+    http_threads: int = 16
+    # DAEMON_KEEPALIVE: seconds an idle HTTP/1.1 connection is kept open for its
+    # next request (longer than Nginx's upstream keepalive_timeout, 60 s).
+    http_keepalive: int = 75
+    # DAEMON_GRACEFUL_TIMEOUT: seconds requests in flight get to finish on SIGTERM.
+    http_graceful_timeout: int = 8
+    # DAEMON_MAX_CONNECTIONS: open client connections (busy and idle keep-alive).
+    http_max_connections: int = 1000
 
     @property
     def tls(self):
@@ -99,6 +113,8 @@ class Config:
         parts.append(f"port={self.port} node_env={self.node_env}")
         parts.append(f"metrics={'on' if self.metrics_enabled else 'off'}")
         parts.append(f"tls={self.tls_cert_file if self.tls else 'off'}")
+        parts.append(f"workers={self.http_workers} threads={self.http_threads} keepalive={self.http_keepalive} "
+                     f"graceful_timeout={self.http_graceful_timeout} max_connections={self.http_max_connections}")
         return " ".join(parts)
 
 
@@ -277,6 +293,32 @@ def _tls_files(env):
     return cert, key
 
 
+def _workers(env):
+    """DAEMON_WORKERS: 1 (or unset). More processes would each run their own usage
+    monitor and fallback copy-back: refused rather than silently double-counted."""
+    workers = _int(env, "DAEMON_WORKERS", 1, 1)
+    if workers != 1:
+        raise ConfigError(f"DAEMON_WORKERS: must be 1, got {workers}; the daemon serves with one process and "
+                          "DAEMON_THREADS threads (its usage monitor and fallback copy-back must run exactly once); "
+                          "run more daemons behind Nginx to use more cores")
+    return workers
+
+
+def _http(env):
+    threads = _int(env, "DAEMON_THREADS", 16, 1, 1000)
+    max_connections = _int(env, "DAEMON_MAX_CONNECTIONS", 1000, 1, 100000)
+    if max_connections <= threads:
+        raise ConfigError(f"DAEMON_MAX_CONNECTIONS: must be more than DAEMON_THREADS ({threads}) so that idle "
+                          f"keep-alive connections fit, got {max_connections}")
+    return {
+        "http_workers": _workers(env),
+        "http_threads": threads,
+        "http_keepalive": _int(env, "DAEMON_KEEPALIVE", 75, 0, 3600),
+        "http_graceful_timeout": _int(env, "DAEMON_GRACEFUL_TIMEOUT", 8, 1, 3600),
+        "http_max_connections": max_connections,
+    }
+
+
 def load(env):
     """Build a Config from a mapping such as os.environ; raise ConfigError on a bad value."""
     db_type = _text(env, "DB_TYPE", "postgresql").strip().lower()
@@ -325,4 +367,5 @@ def load(env):
         metrics_enabled=_bool(env, "METRICS_ENABLED", True),
         tls_cert_file=tls_cert,
         tls_key_file=tls_key,
+        **_http(env),
     )

@@ -172,3 +172,42 @@ def test_secrets_never_appear_in_repr_or_summary(tmp_path):
     for text in (repr(cfg), cfg.summary(), str(cfg)):
         assert "redis-file-789" not in text
     assert "redis=redis://claude@cache:6379/0 redis_password=REDIS_PASSWORD_FILE" in cfg.summary()
+
+
+# --- the HTTP server (DAEMON_*) -----------------------------------------------------------------
+
+
+def test_http_server_defaults_and_values():
+    cfg = config.load({})
+    assert (cfg.http_workers, cfg.http_threads, cfg.http_keepalive, cfg.http_graceful_timeout,
+            cfg.http_max_connections) == (1, 16, 75, 8, 1000)
+    assert "workers=1 threads=16 keepalive=75 graceful_timeout=8 max_connections=1000" in cfg.summary()
+    cfg = config.load({"DAEMON_WORKERS": "1", "DAEMON_THREADS": "32", "DAEMON_KEEPALIVE": "0",
+                       "DAEMON_GRACEFUL_TIMEOUT": "20", "DAEMON_MAX_CONNECTIONS": "200"})
+    assert (cfg.http_workers, cfg.http_threads, cfg.http_keepalive, cfg.http_graceful_timeout,
+            cfg.http_max_connections) == (1, 32, 0, 20, 200)
+
+
+@pytest.mark.parametrize("name,raw,message", [
+    ("DAEMON_THREADS", "many", "DAEMON_THREADS: expected an integer, got 'many'"),
+    ("DAEMON_THREADS", "0", "DAEMON_THREADS: must be at least 1, got 0"),
+    ("DAEMON_THREADS", "1001", "DAEMON_THREADS: must be at most 1000, got 1001"),
+    ("DAEMON_KEEPALIVE", "-1", "DAEMON_KEEPALIVE: must be at least 0, got -1"),
+    ("DAEMON_KEEPALIVE", "1.5", "DAEMON_KEEPALIVE: expected an integer, got '1.5'"),
+    ("DAEMON_GRACEFUL_TIMEOUT", "0", "DAEMON_GRACEFUL_TIMEOUT: must be at least 1, got 0"),
+    ("DAEMON_GRACEFUL_TIMEOUT", "soon", "DAEMON_GRACEFUL_TIMEOUT: expected an integer, got 'soon'"),
+    ("DAEMON_MAX_CONNECTIONS", "16", "DAEMON_MAX_CONNECTIONS: must be more than DAEMON_THREADS (16)"),
+    ("DAEMON_WORKERS", "0", "DAEMON_WORKERS: must be at least 1, got 0"),
+    ("DAEMON_WORKERS", "x", "DAEMON_WORKERS: expected an integer, got 'x'"),
+])
+def test_bad_http_server_values_name_their_variable(name, raw, message):
+    with pytest.raises(ConfigError) as err:
+        config.load({name: raw})
+    assert str(err.value).startswith(message)
+
+
+def test_more_than_one_worker_process_is_refused_not_double_counted():
+    with pytest.raises(ConfigError) as err:
+        config.load({"DAEMON_WORKERS": "2"})
+    text = str(err.value)
+    assert text.startswith("DAEMON_WORKERS: must be 1, got 2") and "DAEMON_THREADS" in text

@@ -257,3 +257,26 @@ def test_files_that_do_not_load_are_not_loaded_again_until_they_change(pki, serv
     os.replace(key.with_suffix(".tmp"), key)
     assert reloading.current() is not loaded and len(calls) == 2
     assert reloading.current() is reloading.current() and len(calls) == 2  # unchanged files: stat only
+
+
+def test_keep_alive_over_tls_and_a_renewal_reaches_the_next_connection(https_app, pki, served):
+    cert, key = served
+    context = client_context(pki)
+    conn = http.client.HTTPSConnection("127.0.0.1", https_app.port, context=context, timeout=5)
+    try:
+        conn.request("GET", "/health")
+        assert conn.getresponse().read()
+        sock = conn.sock
+        before = sock.getpeercert(binary_form=True)
+        new_cert, new_key = pki.issue("renewed-keepalive")
+        for src, dest in ((new_key, key), (new_cert, cert)):
+            shutil.copy(src, dest.with_suffix(".tmp"))
+            os.replace(dest.with_suffix(".tmp"), dest)
+        conn.request("GET", "/health")  # the open connection goes on, with the certificate it had
+        reply = conn.getresponse()
+        assert reply.status == 200 and reply.read() and conn.sock is sock
+        assert sock.getpeercert(binary_form=True) == before
+    finally:
+        conn.close()
+    after = https_get(https_app.port, client_context(pki))[2]
+    assert hashlib.sha256(after).hexdigest() == fingerprint(new_cert)

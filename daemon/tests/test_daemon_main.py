@@ -1,10 +1,17 @@
 """python3 -m claude_daemon as a real process: configuration errors, logs, SIGTERM."""
 
+import http.client
+import json
 import os
 import re
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
+import time
+
+import pytest
 
 from .daemon_helpers import APP_PASSWORD, DAEMON_DIR, REDIS_PASSWORD, free_port, request
 
@@ -92,3 +99,52 @@ def test_serves_logs_one_line_per_event_without_secrets_and_stops_cleanly(pg, re
     assert any("received SIGTERM" in x for x in lines) and lines[-1].endswith("stopped")
     assert any("redis://claude:***@" in x for x in lines)
     assert "Traceback" not in log
+
+
+def test_a_bad_http_server_value_stops_the_start(tmp_path):
+    base = {"DB_TYPE": "sqlite", "DATABASE_PATH": str(tmp_path / "f.db"), "PORT": str(free_port())}
+    done = run_with({**base, "DAEMON_WORKERS": "4"})
+    assert done.returncode == 2 and "invalid configuration: DAEMON_WORKERS: must be 1, got 4" in done.stderr
+    done = run_with({**base, "DAEMON_THREADS": "lots"})
+    assert done.returncode == 2 and "invalid configuration: DAEMON_THREADS: expected an integer" in done.stderr
+
+
+def test_sigterm_lets_the_request_in_flight_finish_and_stores_the_last_interval(tmp_path, daemon_process):
+    """SIGTERM while a POST's body is still arriving (and another client idles on a
+    keep-alive connection): the POST is answered 201 and stored, the partial usage
+    interval is stored, the idle connection does not hold the stop up, exit 0."""
+    db_file = tmp_path / "f.db"
+    daemon = daemon_process({"DB_TYPE": "sqlite", "DATABASE_PATH": str(db_file), "PORT": str(free_port()),
+                             "USAGE_INTERVAL": "3600"})
+    daemon.wait_healthy(database="sqlite")
+    idle = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
+    idle.request("GET", "/api/alerts")
+    assert idle.getresponse().read() and idle.sock is not None  # kept open, idle
+    body = json.dumps({"id": "in-flight", "level": "info", "title": "sent across the SIGTERM"}).encode()
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as sock:
+        sock.sendall(b"POST /api/alerts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body[:10])
+        time.sleep(0.5)  # the request is being read by a request thread
+        daemon.proc.send_signal(signal.SIGTERM)
+        time.sleep(1.5)  # the daemon has stopped accepting by now
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", daemon.port), timeout=2).close()
+        sock.sendall(body[10:])
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 201 "), reply[:200]
+    assert b'"id":"in-flight"' in reply
+    started = time.monotonic()
+    assert daemon.proc.wait(timeout=15) == 0
+    assert time.monotonic() - started < 10
+    idle.close()
+    with sqlite3.connect(db_file) as conn:
+        assert conn.execute("SELECT count(*) FROM alerts WHERE id = 'in-flight'").fetchone()[0] == 1
+        # The last interval: the GET and the POST (the health probes are not usage).
+        assert conn.execute("SELECT sum(requests_count) FROM usage_data").fetchone()[0] == 2
+    log = daemon.log()
+    assert "received SIGTERM" in log and log.rstrip().endswith("stopped") and "Traceback" not in log
