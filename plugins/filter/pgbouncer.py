@@ -64,7 +64,8 @@ def _budget_text(s):
 def _demand_text(s):
     pools = s["daemon_pools"]
     each = f"{pools[0]} each" if len(set(pools)) == 1 else "+".join(str(p) for p in pools)
-    return f"{len(pools)} app hosts x daemon_db_pool_max ({each}) = {s['client_demand']}"
+    hosts = f"{len(pools)} app host" + ("" if len(pools) == 1 else "s")
+    return f"{hosts} x daemon_db_pool_max ({each}) = {s['client_demand']}"
 
 
 def _problems(s, enabled):

@@ -80,6 +80,11 @@ def test_without_pgbouncer_the_daemons_must_fit_the_budget():
     assert "= 87" in problem
 
 
+def test_one_app_host_is_singular():
+    (problem,) = pool(enabled=False, daemon_pools=[90])["problems"]
+    assert "1 app host x daemon_db_pool_max (90 each) = 90 >" in problem
+
+
 def test_uneven_pools_are_listed():
     (problem,) = pool(enabled=False, daemon_pools=[50, 40])["problems"]
     assert "(50+40) = 90" in problem
