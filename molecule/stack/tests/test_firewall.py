@@ -134,8 +134,11 @@ def test_the_table_admits_the_app_hosts_only(host):
     # PostgreSQL: the app hosts and stack-data itself (database and backup host).
     assert elements(text, "postgresql_ipv4") == apps | {ip(DATA)}
     assert elements(text, "redis_ipv4") == apps
+    # PgBouncer: the daemons' hosts only.
+    assert elements(text, "pgbouncer_ipv4") == apps
     assert elements(text, "pgbackrest_ipv4") == {ip(DATA)}
-    assert not any(gateway in elements(text, f"{name}_ipv4") for name in ("postgresql", "redis", "pgbackrest"))
+    assert not any(gateway in elements(text, f"{name}_ipv4")
+                   for name in ("postgresql", "pgbouncer", "redis", "pgbackrest"))
     assert 'iif "lo" accept' in text
     # The monitoring role's table for the exporters is untouched beside it.
     assert "table inet claude_kit_exporters" in DATA.check_output("nft list tables")
