@@ -178,6 +178,12 @@ CASES = [
      ["postgresql_hba_extra_entries[0]", "is a local line with method scram-sha-256", DATA]),
     ("bad firewall source", {"firewall_extra_sources": {"postgresql": ["10.0.0.0/33"]}}, None,
      ["firewall_extra_sources", DATA]),
+    # Connections: the daemons must not be able to exhaust PostgreSQL (role pgbouncer's validate.yml).
+    ("daemons could exhaust PostgreSQL without PgBouncer", {"kit_pgbouncer_enabled": False, "daemon_db_pool_max": 60},
+     None, ["kit_pgbouncer_enabled false", "2 app hosts x daemon_db_pool_max (60 each) = 120 > postgresql_max_connections 100",
+            "kit_db_reserved_connections 10 = 87", DATA]),
+    ("PgBouncer's pool above PostgreSQL's limit", {"pgbouncer_default_pool_size": 200}, None,
+     ["pgbouncer_default_pool_size 200 + pgbouncer_reserve_pool_size 0 = 200", "= 87", DATA]),
     # The groups the tiers point at.
     ("unknown host in a group", {}, "app:\n  hosts:\n    stack-app9:\n      ansible_connection: community.docker.docker\n",
      ["stack-app9 (groups: app) did not answer", "No such container"]),

@@ -22,6 +22,8 @@ PG_PORT = int(VARS.get("kit_db_port", 5432))
 REDIS_PORT = int(VARS.get("redis_port", VARS.get("kit_redis_port", 6379)))
 PGBACKREST_PORT = int(VARS.get("kit_pgbackrest_tls_port", 8432))
 DAEMON_PORT = int(VARS.get("kit_daemon_port", 5001))
+# PgBouncer's port on the database host (kit_pgbouncer_enabled, on by default): the daemons connect there.
+PGB_PORT = int(VARS.get("kit_pgbouncer_port", 6432))
 WEB_PORTS = (int(VARS.get("nginx_http_port", 80)), int(VARS.get("nginx_https_port", 443)))
 TABLE = "inet claude_kit_firewall"
 UNIT = "claude-kit-firewall.service"
@@ -79,17 +81,17 @@ def elements(text, name):
 
 def test_postgresql_and_redis_listen_on_the_network(host):
     # Without this, a refused connection below could mean nothing listens at all.
-    for port in (PG_PORT, REDIS_PORT):
+    for port in (PG_PORT, PGB_PORT, REDIS_PORT):
         assert DATA.socket(f"tcp://{ip(DATA)}:{port}").is_listening, port
 
 
-@pytest.mark.parametrize("port", [PG_PORT, REDIS_PORT], ids=["postgresql", "redis"])
+@pytest.mark.parametrize("port", [PG_PORT, PGB_PORT, REDIS_PORT], ids=["postgresql", "pgbouncer", "redis"])
 def test_the_app_hosts_reach_the_port(host, port):
     for app in APPS:
         assert connect_from(app, ip(DATA), port) == "open", app
 
 
-@pytest.mark.parametrize("port", [PG_PORT, REDIS_PORT], ids=["postgresql", "redis"])
+@pytest.mark.parametrize("port", [PG_PORT, PGB_PORT, REDIS_PORT], ids=["postgresql", "pgbouncer", "redis"])
 def test_the_controller_is_dropped_at_the_network(host, port):
     before = dropped(port)
     # A timeout: no TCP answer at all, so neither PostgreSQL's nor Redis's
@@ -132,8 +134,11 @@ def test_the_table_admits_the_app_hosts_only(host):
     # PostgreSQL: the app hosts and stack-data itself (database and backup host).
     assert elements(text, "postgresql_ipv4") == apps | {ip(DATA)}
     assert elements(text, "redis_ipv4") == apps
+    # PgBouncer: the daemons' hosts only.
+    assert elements(text, "pgbouncer_ipv4") == apps
     assert elements(text, "pgbackrest_ipv4") == {ip(DATA)}
-    assert not any(gateway in elements(text, f"{name}_ipv4") for name in ("postgresql", "redis", "pgbackrest"))
+    assert not any(gateway in elements(text, f"{name}_ipv4")
+                   for name in ("postgresql", "pgbouncer", "redis", "pgbackrest"))
     assert 'iif "lo" accept' in text
     # The monitoring role's table for the exporters is untouched beside it.
     assert "table inet claude_kit_exporters" in DATA.check_output("nft list tables")

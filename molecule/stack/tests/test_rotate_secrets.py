@@ -66,6 +66,8 @@ REDIS_USERS = {"redis_app_password": KIT.get("kit_redis_app_user", "claude_app")
                "redis_monitor_password": KIT.get("kit_monitor_user", "claude_monitor")}
 REDIS_PORT = int(KIT.get("redis_port", KIT.get("kit_redis_port", 6379)))
 DB_PORT = int(KIT.get("kit_db_port", 5432))
+PGB_PORT = int(KIT.get("kit_pgbouncer_port", 6432))
+PGBOUNCER = str(KIT.get("kit_pgbouncer_enabled", True)).lower() in ("true", "1", "yes")
 CA_FILE = KIT.get("kit_tls_ca_file", "/etc/claude-kit/tls/ca.crt")
 CONFIG_DIR = KIT.get("daemon_config_dir", "/etc/claude-daemon")
 CONTAINER = KIT.get("kit_daemon_container_name", "claude-daemon")
@@ -272,7 +274,7 @@ def test_every_posted_alert_is_in_postgresql_exactly_once(rotation):
                 " WHERE operation = 'insert' GROUP BY 1, 2, 3 HAVING count(*) > 1) d") == "0"
 
 
-def pg_login(password, user, app=None):
+def pg_login(password, user, app=None, port=DB_PORT):
     """psycopg2 on an app host (pg_hba admits the application role from there), over TLS with
     the server verified; the password arrives on stdin. 'ok' or libpq's error, on one line."""
     script = (
@@ -283,11 +285,19 @@ def pg_login(password, user, app=None):
         "    print('ok')\n"
         "except psycopg2.Error as exc:\n"
         "    print(' | '.join(str(exc).strip().splitlines()))\n")
-    conn = {"host": host_address(DATA), "port": DB_PORT, "dbname": KIT["kit_db_name"], "user": user,
+    conn = {"host": host_address(DATA), "port": port, "dbname": KIT["kit_db_name"], "user": user,
             "sslmode": "verify-full", "sslrootcert": CA_FILE}
     target = app or APPS[0].backend.get_hostname()
     _rc, out, err = docker_exec(target, ["python3", "-c", script, json.dumps(conn)], stdin=password)
     return (out or err).strip()
+
+
+def test_pgbouncer_refuses_the_old_application_password_and_accepts_the_new(rotation):
+    """PgBouncer's auth_file was rewritten with the new SCRAM verifier (rotate-secrets.yml)."""
+    if not PGBOUNCER:
+        pytest.skip("kit_pgbouncer_enabled is false in this scenario")
+    assert pg_login(rotation["new"]["postgresql_app_password"], APP_USER, port=PGB_PORT) == "ok"
+    assert "authentication failed" in pg_login(rotation["old"]["postgresql_app_password"], APP_USER, port=PGB_PORT)
 
 
 def test_postgresql_refuses_the_old_passwords_and_accepts_the_new(rotation):

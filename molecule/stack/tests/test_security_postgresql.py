@@ -191,13 +191,15 @@ def test_tls_1_2_offers_only_forward_secret_aead_ciphers():
 
 
 def test_the_daemons_sessions_are_encrypted():
-    """Every session of the application role from an app host (the daemons' pools) is TLS 1.2+."""
+    """Every session of the application role with the daemon's name is TLS 1.2+: from PgBouncer on
+    127.0.0.1 while it pools them (kit_pgbouncer_enabled, test_pgbouncer.py), else from the app hosts."""
     query = (
         "SELECT host(a.client_addr) || '|' || s.ssl || '|' || coalesce(s.version, '-') "
         "FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) "
         f"WHERE a.usename = '{APP_USER}' AND a.client_addr IS NOT NULL AND a.application_name = 'claude-daemon'"
     )
-    apps = {app.interface("eth0").addresses[0] for app in APPS}
+    pgbouncer = str(VARS.get("kit_pgbouncer_enabled", True)).lower() in ("true", "1", "yes")
+    apps = {"127.0.0.1"} if pgbouncer else {app.interface("eth0").addresses[0] for app in APPS}
     deadline = time.time() + 60
     sessions = rows(query)
     # The usage monitor writes every few seconds: each daemon holds a session soon.

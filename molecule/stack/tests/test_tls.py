@@ -42,6 +42,8 @@ DATA = HOSTS["stack-data"]
 APP = HOSTS["stack-app1"]
 # What stack-data serves with TLS (it is in the database, cache and web groups).
 ENDPOINTS = [("postgresql", int(VARS.get("kit_db_port", 5432)), "postgresql"),
+             # PgBouncer for the daemons (kit_pgbouncer_enabled): PostgreSQL's protocol, the host's certificate.
+             ("pgbouncer", int(VARS.get("kit_pgbouncer_port", 6432)), "postgresql"),
              ("redis", int(VARS.get("kit_redis_port", 6379)), "tls"),
              ("nginx", int(VARS.get("nginx_https_port", 443)), "tls"),
              # The exporters Prometheus scrapes over HTTPS (monitoring_exporter_tls): node_exporter,
@@ -97,6 +99,8 @@ def main_pids():
     return {"postgresql": DATA.check_output("head -n 1 /var/lib/postgresql/15/main/postmaster.pid"),
             "nginx": DATA.check_output("systemctl show -p MainPID --value nginx.service"),
             "redis": DATA.check_output("systemctl show -p MainPID --value redis-server.service"),
+            # PgBouncer rereads its TLS files on SIGHUP: reloaded, never restarted.
+            "pgbouncer": DATA.check_output("systemctl show -p MainPID --value pgbouncer.service"),
             # The exporters read the certificate again at each handshake: no restart either.
             **{f"{name}_exporter": DATA.check_output("systemctl show -p MainPID --value prometheus-%s-exporter.service",
                                                      name)
