@@ -5,6 +5,8 @@ The playbook gathers raw facts (query results, `docker inspect`, ...); these
 filters decide what is wrong and say it in plain words.
 
     {{ verifier | scram_verify(password) }}          'match', 'mismatch', 'no password', 'not SCRAM: ...', 'malformed: ...'
+    {{ userlist | pgbouncer_auth_state(user, verifier, exists) }}
+                                                     PgBouncer's auth_file against pg_authid: 'match', 'mismatch', 'missing', 'no file'
     {{ rules | hba_decision(db, user, address) }}    which pg_hba line a TCP login meets, and whether that is good
     {{ 'localhost,10.0.0.5' | listens_on('10.0.0.5') }}   true, false, or none (cannot tell: a host name)
     {{ sql_text | schema_tables }}                   the tables a schema file creates
@@ -48,7 +50,8 @@ SCHEMA = "schema not applied"
 CONTAINER = "restart loop"
 CASES = (CONNECTION, SCHEMA, CONTAINER)
 # The order of the rows in each case's table: from the server to the application.
-CHECKS = ("diagnosed", "server", "listen", "tcp", "password file", "database", "role", "password", "pg_hba", "grants",
+CHECKS = ("diagnosed", "server", "listen", "tcp", "password file", "database", "role", "password", "pgbouncer",
+          "pg_hba", "grants",
           "role, pg_hba, grants", "migrations", "migrations, tables", "files", "tables",
           "container", "state", "restarts", "health", "resources")
 
@@ -585,6 +588,47 @@ def _connection_role_rows(data, host, user, now):
     return rows
 
 
+# PgBouncer's auth_file: one `"name" "secret"` per line, a double quote inside doubled.
+_USERLIST_RE = re.compile(r'^\s*"((?:[^"]|"")*)"\s+"((?:[^"]|"")*)"')
+
+
+def pgbouncer_auth_state(userlist, user, verifier, exists=True):
+    """Whether PgBouncer's auth_file holds `user`'s current SCRAM verifier.
+
+    Returns 'match', 'mismatch', 'missing' (no line for the user), 'no file',
+    or None when PostgreSQL has no verifier to compare with (the password
+    check names that). Never returns any part of either verifier.
+    """
+    if not exists:
+        return "no file"
+    if not verifier:
+        return None
+    for line in (userlist or "").splitlines():
+        found = _USERLIST_RE.match(line)
+        if found and found.group(1).replace('""', '"') == user:
+            return "match" if found.group(2).replace('""', '"') == verifier else "mismatch"
+    return "missing"
+
+
+def _connection_pgbouncer_rows(data, host, user):
+    state = data.get("pgbouncer")
+    if state is None:
+        return []
+    if state == "match":
+        return [_row(CONNECTION, "pgbouncer", host, True, f"PgBouncer's auth_file holds {user}'s current SCRAM verifier")]
+    texts = {
+        "mismatch": f"PgBouncer's auth_file holds another SCRAM verifier for {user} than PostgreSQL",
+        "missing": f"PgBouncer's auth_file has no line for {user}",
+        "no file": "PgBouncer's auth_file does not exist",
+    }
+    why = ("PgBouncer logs in to PostgreSQL with keys made from the verifier it holds, which only fit the same salt: "
+           "its new server connections are refused (password authentication failed) and the daemons serve from SQLite"
+           if state == "mismatch" else
+           "PgBouncer refuses the daemons' logins (SASL authentication failed): they serve from SQLite")
+    return [_row(CONNECTION, "pgbouncer", host, False, texts.get(state, f"PgBouncer's auth_file: {state}"), why,
+                 f"{FIX_CONNECTION} writes it again from PostgreSQL's verifier and reloads PgBouncer (no client dropped)")]
+
+
 def _connection_hba_rows(data, host, database, user):
     rows = []
     for rule in data.get("hba_rules") or []:
@@ -687,7 +731,8 @@ def connection_checks(data):
     ActiveState, SubState, Result), cluster (version, name, log; none when
     pg_lsclusters lists none), available (the server answers), settings
     (listen_addresses, port), db_exists, role (pg_roles row or none),
-    password (scram_verify's answer or none), hba_rules, ssl, member_of,
+    password (scram_verify's answer or none), pgbouncer (pgbouncer_auth_state's
+    answer, or none without PgBouncer), hba_rules, ssl, member_of,
     server_addresses, clients ([{host, address, names}]), grants_missing
     ([{kind, object, privilege, owner}] or none), grants_counted, targets
     ([{address, port}]: where the app hosts' daemons connect), now (the
@@ -706,6 +751,7 @@ def connection_checks(data):
                          "the daemons cannot connect to it, and every table and row in it is gone",
                          f"{FIX_CONNECTION} creates it with the schema, EMPTY: restore the rows from a backup ({RESTORE_PAGE})"))
     rows += _connection_role_rows(data, host, user, _parse_time(data.get("now")))
+    rows += _connection_pgbouncer_rows(data, host, user)
     rows += _connection_hba_rows(data, host, database, user)
     rows += _connection_grant_rows(data, host, database, user)
     return rows
@@ -1013,6 +1059,7 @@ class FilterModule:
     def filters(self):
         return {
             "scram_verify": scram_verify,
+            "pgbouncer_auth_state": pgbouncer_auth_state,
             "hba_decision": hba_decision,
             "listens_on": listens_on,
             "schema_tables": schema_tables,

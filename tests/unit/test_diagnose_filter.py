@@ -430,6 +430,39 @@ def test_connection_password(state, words):
     assert "password authentication failed" in found[0]["why"]
 
 
+PGB_VERIFIER = "SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy"
+PGB_OTHER = "SCRAM-SHA-256$4096:bmV3$c3RvcmVk:c2VydmVy"
+
+
+@pytest.mark.parametrize("userlist,exists,state", [
+    (f'"claude_app" "{PGB_VERIFIER}"\n', True, "match"),
+    (f'"other" "{PGB_VERIFIER}"\n"claude_app" "{PGB_OTHER}"\n', True, "mismatch"),
+    (f'"claude_app2" "{PGB_VERIFIER}"\n', True, "missing"),
+    ("", True, "missing"),
+    ("", False, "no file"),
+])
+def test_pgbouncer_auth_state(userlist, exists, state):
+    assert diagnose.pgbouncer_auth_state(userlist, "claude_app", PGB_VERIFIER, exists) == state
+
+
+def test_pgbouncer_auth_state_reads_doubled_quotes_and_needs_a_verifier():
+    assert diagnose.pgbouncer_auth_state('"a""b" "x""y"', 'a"b', 'x"y') == "match"
+    assert diagnose.pgbouncer_auth_state(f'"claude_app" "{PGB_VERIFIER}"', "claude_app", None) is None
+
+
+def test_connection_pgbouncer_row_says_nothing_of_the_verifiers():
+    rows = diagnose.connection_checks(healthy_connection(pgbouncer="match"))
+    assert findings(rows) == [] and [r["check"] for r in rows].count("pgbouncer") == 1
+    for state, words in (("mismatch", "another SCRAM verifier"), ("missing", "no line for claude_app"),
+                         ("no file", "does not exist")):
+        found = findings(diagnose.connection_checks(healthy_connection(pgbouncer=state)))
+        assert len(found) == 1 and found[0]["check"] == "pgbouncer" and words in found[0]["result"], found
+        assert "fix_connection" in found[0]["next"] and "SQLite" in found[0]["why"]
+        assert "SCRAM-SHA-256$" not in str(found)
+    # Without PgBouncer there is no row.
+    assert "pgbouncer" not in [r["check"] for r in diagnose.connection_checks(healthy_connection())]
+
+
 def test_connection_hba_without_a_line_for_an_app_host():
     rows = diagnose.connection_checks(healthy_connection(hba_rules=KIT_RULES[:3]))
     found = findings(rows)
