@@ -86,7 +86,7 @@ def psql(query):
 def admin(command):
     """PgBouncer's admin console, over its Unix socket as postgres: {name: value} rows of SHOW CONFIG etc."""
     return DATA.check_output(
-        "runuser -u postgres -- psql -XAtq -h /run/postgresql -p %s -U pgbouncer -d pgbouncer -c %s", PGB_PORT, command)
+        "runuser -u postgres -- psql -XAtq -h /run/postgresql -p %s -U pgbouncer -d pgbouncer -c %s", str(PGB_PORT), command)
 
 
 def config():

@@ -227,7 +227,7 @@ def test_a_raised_client_is_not_held_to_the_sites_rate_while_everyone_else_is(ho
               "    r = conn.getresponse(); r.read(); seen[r.status] += 1\n"
               "print(dict(seen))\n")
     out = DATA.check_output("python3 -c %s %s %s %s", script, VARS.get("kit_tls_ca_file", "/etc/claude-kit/tls/ca.crt"),
-                            web_address(), HTTPS_PORT)
+                            web_address(), str(HTTPS_PORT))
     assert out.strip() == "{200: 300}", out
     wait_until_answering()
 

@@ -73,7 +73,8 @@ def test_daemons_listen_on_the_renamed_port_and_nginx_follows(host):
             "context=ssl.create_default_context(cafile=sys.argv[2])).read().decode())",
             f"https://127.0.0.1:{port}/health", KIT.get("kit_tls_ca_file", "/etc/claude-kit/tls/ca.crt"))
         assert json.loads(health)["status"] == "ok"
-    conf = DATA.file("/etc/nginx/nginx.conf").content_string
+    # The whole running configuration, with the upstream file nginx.conf includes.
+    conf = DATA.check_output("nginx -T 2>/dev/null")
     upstreams = [line for line in conf.splitlines() if line.strip().startswith("server ") and "max_fails" in line]
     assert len(upstreams) == len(APPS) and all(f":{port} " in line for line in upstreams), upstreams
     # Through Nginx, over HTTPS with the kit's CA (test_stack.http).
