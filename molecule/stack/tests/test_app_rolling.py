@@ -1,13 +1,14 @@
 """playbooks/app-rolling.yml on the serving stack (docs/runbooks/app-rolling.md).
 
 A new daemon image (the daemon's build context with one file more, so its content-derived tag
-changes) is rolled out to both app hosts, then the previous one is rolled back, each while a
-bounded client load goes through Nginx over HTTPS: one thread POSTing alerts with unique ids,
+changes) is rolled out to both app hosts while a bounded client load goes through Nginx over HTTPS: one thread POSTing alerts with unique ids,
 one reading /health, together about 9 requests a second (under Nginx's 20 r/s per address).
 No request is ever retried: each must get its 2xx on the first try, because Nginx sends no
 request to a daemon that is out of its upstream for its restart. Afterwards every POSTed alert
-is in PostgreSQL exactly once, every app host runs the image of that run, and every instance is
-back in the upstream.
+is in PostgreSQL exactly once, every app host runs the new image, and every instance is back in
+the upstream. It is not rolled back here (a second roll would add four minutes to the scenario):
+the next site.yml run of the scenario (test_secret_leak.py) builds the scenario's own image again
+and restarts the daemons on it, as any deploy after a rolling update would.
 """
 
 import os
@@ -116,45 +117,36 @@ def rolled(tmp_path_factory, request):
     shutil.copytree(PROJECT / "daemon", build, ignore=shutil.ignore_patterns("__pycache__", "tests"))
     (build / "claude_daemon" / "rolling-test.txt").write_text(f"rolled out by test_app_rolling {RUN_ID}\n")
     before = running()
-    try:
-        out_run = roll("out", "-e", f"daemon_build_dir={build}")
-        after_out = running()
-    finally:
-        # Back to the scenario's own image, rolled the same way, whatever happened above.
-        back_run = roll("back")
-    after_back = running()
-    for name, (rc, _out, seconds, load) in (("out", out_run), ("back", back_run)):
-        report(request, f"app-rolling.yml {name}: rc {rc}, {seconds:.0f} s, {len(load.answers)} requests, "
-                        f"{len(load.posted())} alerts stored, {len(load.failures())} failed")
-    return {"before": before, "out": out_run, "after_out": after_out, "back": back_run, "after_back": after_back}
+    out_run = roll("out", "-e", f"daemon_build_dir={build}")
+    after_out = running()
+    rc, _out, seconds, load = out_run
+    report(request, f"app-rolling.yml: rc {rc}, {seconds:.0f} s, {len(load.answers)} requests, "
+                    f"{len(load.posted())} alerts stored, {len(load.failures())} failed")
+    return {"before": before, "out": out_run, "after_out": after_out}
 
 
-@pytest.mark.parametrize("which", ["out", "back"])
-def test_the_rolling_update_succeeds(host, rolled, which):
-    rc, output, _seconds, _load = rolled[which]
+def test_the_rolling_update_succeeds(host, rolled):
+    rc, output, _seconds, _load = rolled["out"]
     assert rc == 0, output[-4000:]
     assert "failed=1" not in output
 
 
-def test_the_new_image_reached_every_app_host_one_at_a_time_and_the_old_one_came_back(host, rolled):
-    before, after, back = rolled["before"], rolled["after_out"], rolled["after_back"]
+def test_the_new_image_reached_every_app_host_one_at_a_time(host, rolled):
+    before, after = rolled["before"], rolled["after_out"]
     new_images = {image for image, _started in after.values()}
     assert len(new_images) == 1 and new_images.isdisjoint({image for image, _s in before.values()}), (before, after)
-    assert {name: image for name, (image, _s) in back.items()} == {name: image for name, (image, _s) in before.items()}
     # serial: 1 in inventory order: the second host's daemon started after the first's.
-    for state in (after, back):
-        assert state["stack-app1"][1] < state["stack-app2"][1], state
+    assert after["stack-app1"][1] < after["stack-app2"][1], after
 
 
-@pytest.mark.parametrize("which", ["out", "back"])
-def test_every_request_got_a_2xx_on_its_first_try(host, rolled, which):
-    load = rolled[which][3]
+def test_every_request_got_a_2xx_on_its_first_try(host, rolled):
+    load = rolled["out"][3]
     assert len(load.posted()) >= 50, f"too few requests to show anything: {len(load.answers)}"
     assert load.failures() == [], load.failures()[:20]
 
 
 def test_every_posted_alert_is_in_postgresql_exactly_once(host, rolled):
-    posted = rolled["out"][3].posted() + rolled["back"][3].posted()
+    posted = rolled["out"][3].posted()
     query = (f"SELECT count(*), count(DISTINCT id) FROM alerts WHERE id LIKE 'rolling-{RUN_ID}-%'")
     deadline = time.monotonic() + 60  # a write a daemon took into its SQLite fallback is copied back
     while True:
