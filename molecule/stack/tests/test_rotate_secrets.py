@@ -294,8 +294,8 @@ def pg_login(password, user, app=None, port=DB_PORT):
 
 def test_pgbouncer_refuses_the_old_application_password_and_accepts_the_new(rotation):
     """PgBouncer's auth_file was rewritten with the new SCRAM verifier (rotate-secrets.yml)."""
-    if not PGBOUNCER:
-        pytest.skip("kit_pgbouncer_enabled is false in this scenario")
+    # The scenario runs PgBouncer (the kit's default): a scenario without it must fail here, not skip.
+    assert PGBOUNCER, "kit_pgbouncer_enabled is false in the stack scenario"
     assert pg_login(rotation["new"]["postgresql_app_password"], APP_USER, port=PGB_PORT) == "ok"
     assert "authentication failed" in pg_login(rotation["old"]["postgresql_app_password"], APP_USER, port=PGB_PORT)
 
