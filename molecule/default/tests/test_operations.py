@@ -1,7 +1,12 @@
 """What an operator relies on: check mode, drift repair, restarts, migrations, row counts.
 
 These tests re-run the converge playbook with ansible-playbook, so they run
-once for all hosts (module-scoped fixtures) and assert per host.
+once for all hosts (module-scoped fixtures) and assert per host. The runs about
+settings take the role's tuning part only (`--tags postgresql_tuning`, as an
+operator changing one setting would): a whole converge costs about four times
+as much, and the whole playbook's check mode and no-change run are proven
+already (test_check_mode_on_a_converged_host_reports_nothing, molecule's
+idempotence step).
 """
 
 import shutil
@@ -14,6 +19,10 @@ from helpers import PROJECT_DIR, INVENTORY, psql, run_module, run_playbook
 
 testinfra_hosts = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY).get_hosts("database")
 ALL_HOSTS = testinfra_hosts
+
+
+# The role's tuning part: the ALTER SYSTEM settings, their reload and restart handlers.
+TUNING = ("--tags", "postgresql_tuning")
 
 
 def start_time(host):
@@ -55,9 +64,9 @@ def work_mem_drift(hosts_by_name):
         psql(h, "ALTER SYSTEM SET work_mem = '8MB'", "postgres")
         psql(h, "SELECT pg_reload_conf()", "postgres")
         before[name] = start_time(h)
-    check = run_playbook("--check")
+    check = run_playbook("--check", *TUNING)
     after_check = {name: psql(h, "SHOW work_mem", "postgres")[0] for name, h in hosts_by_name.items()}
-    real = run_playbook()
+    real = run_playbook(*TUNING)
     # Read now: later fixtures restart the servers, and tests run host by host.
     after = {name: (psql(h, "SHOW work_mem", "postgres")[0], start_time(h)) for name, h in hosts_by_name.items()}
     return before, check, after_check, real, after
@@ -91,7 +100,7 @@ def shared_buffers_drift(hosts_by_name, work_mem_drift):
         h.check_output(f"systemctl restart postgresql@{major}-main")
         assert psql(h, "SHOW shared_buffers", "postgres") == ["128MB"]
         before[name] = start_time(h)
-    run = run_playbook()
+    run = run_playbook(*TUNING)
     after = {
         name: (
             start_time(h),
@@ -249,19 +258,19 @@ def test_verify_runbook_prints_the_guides_table(host, row_count_probe):
 
 @pytest.fixture(scope="module")
 def settings_reset(hosts_by_name, row_count_probe):
-    declared = run_playbook("-e", '{"postgresql_settings": {"log_min_duration_statement": "250ms"}}')
+    declared = run_playbook("-e", '{"postgresql_settings": {"log_min_duration_statement": "250ms"}}', *TUNING)
     with_setting = {n: psql(h, "SHOW log_min_duration_statement", "postgres")[0] for n, h in hosts_by_name.items()}
     for h in hosts_by_name.values():
         psql(h, "ALTER SYSTEM SET log_temp_files = '1MB'", "postgres")  # by hand, outside the kit
-    check = run_playbook("--check")
+    check = run_playbook("--check", *TUNING)
     after_check = {n: psql(h, "SHOW log_min_duration_statement", "postgres")[0] for n, h in hosts_by_name.items()}
-    removed = run_playbook()
+    removed = run_playbook(*TUNING)
     after = {
         n: (psql(h, "SHOW log_min_duration_statement", "postgres")[0],
             psql(h, "SELECT setting FROM pg_file_settings WHERE name = 'log_temp_files'", "postgres"))
         for n, h in hosts_by_name.items()
     }
-    again = run_playbook()
+    again = run_playbook(*TUNING)
     yield declared, with_setting, check, after_check, removed, after, again
     for h in hosts_by_name.values():
         psql(h, "ALTER SYSTEM RESET log_temp_files", "postgres")
