@@ -1,7 +1,7 @@
 """playbooks/app-rolling.yml on the serving stack (docs/runbooks/app-rolling.md).
 
 A new daemon image (the daemon's build context with one file more, so its content-derived tag
-changes) is rolled out to both app hosts while a bounded client load goes through Nginx over HTTPS: one thread POSTing alerts with unique ids,
+changes) is rolled out to every app host while a bounded client load goes through Nginx over HTTPS: one thread POSTing alerts with unique ids,
 one reading /health, together about 9 requests a second (under Nginx's 20 r/s per address).
 No request is ever retried: each must get its 2xx on the first try, because Nginx sends no
 request to a daemon that is out of its upstream for its restart. Afterwards every POSTed alert
@@ -135,8 +135,12 @@ def test_the_new_image_reached_every_app_host_one_at_a_time(host, rolled):
     before, after = rolled["before"], rolled["after_out"]
     new_images = {image for image, _started in after.values()}
     assert len(new_images) == 1 and new_images.isdisjoint({image for image, _s in before.values()}), (before, after)
-    # serial: 1 in inventory order: the second host's daemon started after the first's.
-    assert after["stack-app1"][1] < after["stack-app2"][1], after
+    # serial: 1 in inventory order (stack-app1, stack-app2, ...: APPS's order): each host's daemon
+    # started after the one before it, one host at a time over all of them.
+    order = [app.backend.get_hostname() for app in APPS]
+    assert len(order) >= 2, after  # else there is no order to check
+    for earlier, later in zip(order, order[1:]):
+        assert after[earlier][1] < after[later][1], (earlier, later, after)
 
 
 def test_every_request_got_a_2xx_on_its_first_try(host, rolled):

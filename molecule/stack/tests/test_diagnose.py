@@ -17,7 +17,7 @@ import re
 import subprocess
 import time
 
-from test_stack import DATA, KIT, healths, psql, wait_for_database
+from test_stack import APP_NAMES, DATA, KIT, healths, psql, wait_for_database
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 PLAYBOOK = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "diagnose.yml")
@@ -26,7 +26,8 @@ testinfra_hosts = ["stack-data"]
 
 APP_USER = KIT["kit_app_user"]
 OWNER = KIT.get("kit_owner_role", "claude_owner")
-HOSTS = ("stack-data", "stack-app1", "stack-app2")
+# The hosts the runbook plays on: the (first) database host and every app host.
+HOSTS = ("stack-data", *APP_NAMES)
 # The rows of the table round 1 drops, kept aside on the database host (server-side COPY as postgres).
 KEPT = "/var/lib/postgresql/diagnose-test-predictions.copy"
 

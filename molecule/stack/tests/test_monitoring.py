@@ -22,13 +22,13 @@ import urllib.request
 
 import testinfra.utils.ansible_runner
 
-from test_stack import APPS, DATA, DB_NAME, base_url, healths, http
+from test_stack import APP_NAMES, APPS, DATA, DB_NAME, base_url, healths, http
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 PROJECT = os.environ["MOLECULE_PROJECT_DIRECTORY"]
 testinfra_hosts = ["stack-data"]
 VARS = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY).get_variables("stack-data")
-HOSTS = {"stack-data": DATA, "stack-app1": APPS[0], "stack-app2": APPS[1]}
+HOSTS = {"stack-data": DATA, **dict(zip(APP_NAMES, APPS))}
 STATES = {0: "OK", 1: "WARNING", 2: "CRITICAL", 3: "UNKNOWN"}
 CA_FILE = VARS.get("kit_tls_ca_file", "/etc/claude-kit/tls/ca.crt")
 CERT_FILE = VARS.get("kit_tls_cert_file", "/etc/claude-kit/tls/server.crt")
@@ -160,7 +160,7 @@ def held_sessions(count, idle_in_transaction=False):
 
 def test_every_check_is_ok_on_the_healthy_stack(host):
     expected = {"stack-data": {"postgresql", "redis", "nginx", "backup", "certificate"},
-                "stack-app1": {"daemon", "certificate"}, "stack-app2": {"daemon", "certificate"}}
+                **{name: {"daemon", "certificate"} for name in APP_NAMES}}
     for name, target in HOSTS.items():
         rc, report = run_check(target)
         assert {s["service"] for s in report["services"]} == expected[name]
@@ -184,7 +184,7 @@ def test_the_health_runbook_prints_one_table_of_every_host(host):
     assert proc.returncode == 0, out[-3000:]
     assert "host       | service    | check" in out or "| service" in out
     for row in ("stack-data | postgresql | connections", "stack-data | redis      | ping",
-                "stack-app1 | daemon     | database", "stack-app2 | daemon     | database"):
+                *(f"{name} | daemon     | database" for name in APP_NAMES)):
         assert " ".join(row.split()) in " ".join(out.split()), row
     assert "CRITICAL" not in out
 
@@ -194,8 +194,7 @@ def test_the_health_runbook_prints_one_table_of_every_host(host):
 def test_prometheus_scrapes_every_exporter_and_the_daemons(host):
     expected = {("node", h) for h in HOSTS} | {("postgres", "stack-data"), ("redis", "stack-data"),
                                                ("nginx", "stack-data"), ("prometheus", "stack-data"),
-                                               ("alertmanager", "stack-data"), ("daemon", "stack-app1"),
-                                               ("daemon", "stack-app2")}
+                                               ("alertmanager", "stack-data")} | {("daemon", h) for h in APP_NAMES}
 
     def all_up():
         targets = prometheus("/api/v1/targets", state="active")["activeTargets"]
@@ -214,7 +213,7 @@ def test_prometheus_scrapes_every_exporter_and_the_daemons(host):
     for expr in ('pg_up{host="stack-data"}', 'redis_up{host="stack-data"}', 'nginx_up{host="stack-data"}'):
         assert [r["value"][1] for r in query(expr)] == ["1"], expr
     modes = query('claude_daemon_database_mode{mode="postgresql"}')
-    assert sorted((r["metric"]["host"], r["value"][1]) for r in modes) == [("stack-app1", "1"), ("stack-app2", "1")]
+    assert sorted((r["metric"]["host"], r["value"][1]) for r in modes) == [(name, "1") for name in sorted(APP_NAMES)]
 
 
 def test_the_checks_and_the_backups_reach_prometheus_through_node_exporter(host):
@@ -222,7 +221,7 @@ def test_the_checks_and_the_backups_reach_prometheus_through_node_exporter(host)
                        lambda: query('claude_kit_check_state{service="postgresql",check="ready"}'), 120, 5)
     assert [(r["metric"]["host"], r["value"][1]) for r in ready] == [("stack-data", "0")]
     daemons = query('claude_kit_check_state{service="daemon",check="database"}')
-    assert sorted(r["metric"]["host"] for r in daemons) == ["stack-app1", "stack-app2"]
+    assert sorted(r["metric"]["host"] for r in daemons) == sorted(APP_NAMES)
     methods = query("claude_kit_backup_last_success_timestamp_seconds")
     assert sorted(r["metric"]["method"] for r in methods) == ["dump", "pgbackrest"]
 
@@ -232,10 +231,12 @@ def test_exporters_answer_the_monitoring_host_only(host):
     # The monitoring host (stack-data) reaches its own and the app hosts' exporters ...
     assert on_host(DATA, exporter_url(DATA, PORTS["postgres"]))[0] == "200"
     assert on_host(DATA, exporter_url(APPS[0], PORTS["node"]))[0] == "200"
-    # ... an app host does not reach stack-data's, nor the other app host's ...
+    # ... an app host does not reach stack-data's, nor the other app hosts' ...
     for port in PORTS.values():
         assert on_host(APPS[0], exporter_url(DATA, port))[0] in ("URLError", "TimeoutError"), port
-    assert on_host(APPS[0], exporter_url(APPS[1], PORTS["node"]))[0] in ("URLError", "TimeoutError")
+    for other in APPS[1:]:
+        assert on_host(APPS[0], exporter_url(other, PORTS["node"]))[0] in ("URLError", "TimeoutError"), \
+            other.backend.get_hostname()
     # ... and neither does the controller (the lab's and CI's machine).
     for port in (PORTS["node"], PORTS["postgres"]):
         with socket.socket() as sock:

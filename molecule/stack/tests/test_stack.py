@@ -40,7 +40,9 @@ DATA = get_host("stack-data")
 # The scenario renames the shared names (molecule.yml): read them, never assume the defaults.
 KIT = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY).get_variables("stack-data")
 DB_NAME = KIT["kit_db_name"]
-APPS = [get_host("stack-app1"), get_host("stack-app2")]
+# Every app host of the inventory (sorted by name: stack-app1, where prepare.yml leaves the legacy file, first).
+APP_NAMES = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY).get_hosts("app")
+APPS = [get_host(name) for name in APP_NAMES]
 PG_SERVICE = "postgresql@15-main"
 
 
@@ -96,9 +98,10 @@ def psql(query):
     return DATA.check_output("runuser -u postgres -- psql -XAtq -v ON_ERROR_STOP=1 -d %s -c %s", DB_NAME, query)
 
 
-def healths(n=8):
-    """n /health answers through Nginx (round robin: both instances answer)."""
-    return [http("GET", "/health") for _ in range(n)]
+def healths(n=None):
+    """n /health answers through Nginx (round robin: every instance answers); by default four per
+    app host (8 with two app hosts)."""
+    return [http("GET", "/health") for _ in range(n or 4 * len(APPS))]
 
 
 def wait_for_database(expected, timeout=120):
@@ -152,8 +155,10 @@ def test_legacy_sqlite_file_was_migrated_before_the_daemon_served(host):
         " uri=True).execute(\"SELECT count(*) FROM alerts WHERE id LIKE 'legacy-%'\").fetchone()[0])"
     )
     assert in_fallback == "0"
-    # The other app host had no file: nothing was migrated there.
-    assert "claude-daemon.db.migrated" not in APPS[1].check_output("ls /var/lib/claude-daemon")
+    # The other app hosts had no file: nothing was migrated there.
+    for other in APPS[1:]:
+        assert "claude-daemon.db.migrated" not in other.check_output("ls /var/lib/claude-daemon"), \
+            other.backend.get_hostname()
 
 
 def test_posted_alert_lands_in_postgresql_and_reads_come_from_redis(host):
