@@ -232,6 +232,31 @@ def test_a_raised_client_is_not_held_to_the_sites_rate_while_everyone_else_is(ho
     wait_until_answering()
 
 
+def test_a_reload_nginx_refuses_is_reported_and_the_old_configuration_goes_on_serving(host):
+    """systemctl reload returns 0 even when Nginx refuses the new configuration and keeps the old
+    one. Here the site's rate-limit zone gets another key than the running one's (what the kit's
+    own template did when nginx_rate_limit_raised_clients was set or emptied), which `nginx -t`
+    accepts and the running master refuses: the kit's reload program (every reload of
+    the roles, the drain and rotate-certs.yml) says so and exits 1, the site still answers, and
+    with the file put back a reload is taken (new workers)."""
+    program, conf, kept = "/usr/local/sbin/claude-kit-nginx-reload", "/etc/nginx/nginx.conf", "/root/nginx.conf.kept"
+    DATA.check_output(f"cp -p {conf} {kept}")
+    try:
+        DATA.check_output(f"sed -i 's/limit_req_zone [$]claude_limit_key zone=claude_api:/"
+                          f"limit_req_zone $binary_remote_addr zone=claude_api:/' {conf}")
+        assert "limit_req_zone $binary_remote_addr zone=claude_api:" in DATA.check_output(f"cat {conf}")
+        assert DATA.run("nginx -t -q").rc == 0  # nginx -t alone cannot tell
+        refused = DATA.run(f"{program} --timeout 15")
+        assert refused.rc == 1, (refused.stdout, refused.stderr)
+        assert refused.stderr.startswith("refused:") and "claude_api" in refused.stderr, refused.stderr
+        assert request("GET", "/health")[0] == 200
+    finally:
+        DATA.check_output(f"cp -p {kept} {conf} && rm -f {kept}")
+    taken = DATA.run(program)
+    assert taken.rc == 0 and taken.stdout.strip() == "reloaded", (taken.stdout, taken.stderr)
+    wait_until_answering()
+
+
 def test_timeouts_and_limits_are_in_the_running_configuration(host):
     config = DATA.check_output("nginx -T 2>/dev/null")
     for directive, default in (("client_header_timeout", "10s"), ("client_body_timeout", "10s"),
