@@ -2,7 +2,7 @@
 """Benchmark: the app tier under HTTP load on the local lab, against the proxy's own ceiling and
 against the daemon as it was before (a baseline image built from an older commit).
 
-    /work/main/.venv/bin/python bench/http/run.py [--baseline REF] [--duration 15] [--connections 20]
+    ./kit run python bench/http/run.py [--baseline REF] [--duration 15] [--connections 20]
                                                   [--threads 2] [--no-uncached]
 
 Needs the lab (`./kit deploy`). Every request goes from the lab's web host (claude-lab-web) to
@@ -32,6 +32,13 @@ nginx_rate_limit_raised_clients for the run (`playbooks/web.yml -e ...`): the si
 on for every other address, and the inventory's configuration is deployed again at the end, as
 is the app tier's, whatever happened.
 
+Every app host of the lab is a container on the same machine, so without a limit three daemons
+compete for the same cores as one, and Nginx, wrk and PostgreSQL too: adding daemons cannot add
+capacity there. `--daemon-cpus N` gives each daemon container (the deployed ones and the
+baseline) at most N CPUs with `docker update --cpus` for the run, as if each app host were a
+machine of its own with N cores, and sets it to every CPU of the machine at the end (Docker
+cannot take a CPU limit off again; 0, the default, measures the machine as it is).
+
 Targets, as ratios of this run: direct / baseline >= 3 (requests/s, per endpoint), nginx_all /
 nginx_one >= 1.7, no errors, the application's PostgreSQL connections never above the bound
 (PgBouncer's max_db_connections when the lab has PgBouncer, else the daemons' pools summed).
@@ -60,6 +67,8 @@ WEB, DB = "claude-lab-web", "claude-lab-db"
 BASELINE_CONTAINER = "claude-daemon-bench-baseline"
 BASELINE_PORT_OFFSET = 100
 STATIC_CONF = "bench-http.conf"
+SEED_ALERTS = 60
+WRK_SCRIPT = "/tmp/bench-http.lua"
 STATIC_PORT = 18443
 STATIC_FILE = "/var/lib/claude-kit-bench/alerts.json"
 ENDPOINTS = ("alerts_cached", "post", "health", "alerts_uncached")
@@ -173,10 +182,9 @@ class Bench:
     # --- the client --------------------------------------------------------------------------
     def prepare_client(self):
         on(WEB, "command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }")
-        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
-            handle.write(WRK_LUA)
-        sh("docker", "cp", handle.name, f"{WEB}:/tmp/bench-http.lua")
-        os.unlink(handle.name)
+        # Through the container's shell, not `docker cp`: /tmp is a tmpfs there, which docker cp
+        # cannot see (it writes beneath the mount).
+        on(WEB, f"cat > {WRK_SCRIPT} <<'EOF'\n{WRK_LUA}\nEOF")
 
     def wrk(self, label, endpoint, url_base, host):
         method = "POST" if endpoint == "post" else "GET"
@@ -184,14 +192,17 @@ class Bench:
         sampler = Sampler(self.lab)
         sampler.start()
         command = (f"wrk -t{self.args.threads} -c{self.args.connections} -d{self.args.duration}s --timeout 10s "
-                   f"-s /tmp/bench-http.lua {shlex.quote(url_base + path)} -- {method} {shlex.quote(path)} "
+                   f"-s {WRK_SCRIPT} {shlex.quote(url_base + path)} -- {method} {shlex.quote(path)} "
                    f"{shlex.quote(host)} {label}-{endpoint}-{self.stamp}")
         try:
             out = on(WEB, command, timeout=self.args.duration + 60)
         finally:
             sampler.stopping.set()
             sampler.join()
-        summary = json.loads(out.strip().splitlines()[-1])
+        lines = [line for line in out.strip().splitlines() if line.startswith("{")]
+        if not lines:
+            raise RuntimeError(f"wrk printed no summary for {label} {endpoint}:\n{out[-2000:]}")
+        summary = json.loads(lines[-1])
         seconds = summary["duration_us"] / 1e6
         errors = sum(summary[k] for k in ("connect", "read", "write", "status", "timeout"))
         row = {"config": label, "endpoint": endpoint, "requests": summary["requests"],
@@ -209,6 +220,26 @@ class Bench:
         extra = {"nginx_rate_limit_raised_clients": [f"{self.lab.web_ip}/32"],
                  "nginx_upstream_servers": self.lab.upstream(apps)}
         kit("playbooks/web.yml", "-e", json.dumps(extra))
+
+    def seed(self, direct):
+        """SEED_ALERTS alerts through the API, so that /api/alerts?limit=50 answers a full page (a new
+        lab has none; an empty list would measure nothing). Ids start bench-http- and go at the end."""
+        post = ("import json, ssl, sys, urllib.request as u\n"
+                "ctx = ssl.create_default_context(cafile='/etc/claude-kit/tls/ca.crt')\n"
+                "opener = u.build_opener(u.ProxyHandler({}), u.HTTPSHandler(context=ctx))\n"
+                "for n in range(int(sys.argv[2])):\n"
+                "    body = json.dumps({'id': f'bench-http-seed-{n:03d}', 'level': ('info', 'warning', 'error')[n % 3],\n"
+                "                       'title': f'Disk usage above threshold on volume {n}',\n"
+                "                       'message': 'The data volume crossed its threshold; see the runbook. ' * 2,\n"
+                "                       'metadata': {'host': f'node-{n % 7}', 'value': 80 + n % 20}}).encode()\n"
+                "    req = u.Request(sys.argv[1] + '/api/alerts', data=body, method='POST',\n"
+                "                    headers={'Content-Type': 'application/json'})\n"
+                "    try:\n"
+                "        opener.open(req, timeout=10).read()\n"
+                "    except u.HTTPError as exc:\n"
+                "        if exc.code != 409:  # 409: there from a run that was stopped before its clean-up\n"
+                "            raise\n")
+        on(WEB, f"python3 -c {shlex.quote(post)} {shlex.quote(direct)} {SEED_ALERTS}")
 
     def static_server(self):
         """An HTTPS server of Nginx's own answering a JSON of the size of a real answer."""
@@ -233,6 +264,12 @@ class Bench:
         on(WEB, f"rm -f /etc/nginx/claude-kit.d/{STATIC_CONF} {STATIC_FILE} && nginx -t -q && systemctl reload nginx",
            check=False)
 
+    def limit_daemons(self, cpus):
+        """Each deployed daemon at most `cpus` CPUs on every app host; 0: every CPU of the machine.
+        (`docker update --cpus 0` does not take a limit off again: Docker ignores the 0.)"""
+        for app in self.lab.apps:
+            on(app, f"docker update --cpus {cpus or '$(nproc)'} claude-daemon >/dev/null")
+
     def baseline(self, cached):
         """The --baseline image on the first app host, configured like the deployed daemon."""
         app = self.lab.apps[0]
@@ -244,12 +281,17 @@ class Bench:
         binds = [b for b in inspect["HostConfig"]["Binds"] or [] if not b.split(":")[1] == "/data"]
         port = self.lab.daemon_port + BASELINE_PORT_OFFSET
         args = ["docker", "run", "-d", "--name", BASELINE_CONTAINER, "-p", f"{port}:5000",
+                *(["--cpus", str(self.args.daemon_cpus)] if self.args.daemon_cpus else []),
                 "--tmpfs", "/data:uid=10001,gid=10001,mode=0750"]
         for item in env:
             if item.split("=", 1)[0] not in ("PATH", "PYTHONPATH", "PORT"):
                 args += ["-e", item]
         for bind in binds:
             args += ["-v", bind]
+        # Mounts given as `mounts` (the daemon's own TLS key, readable by its user only).
+        for mount in inspect["HostConfig"].get("Mounts") or []:
+            spec = f"type={mount['Type']},source={mount['Source']},target={mount['Target']}"
+            args += ["--mount", spec + (",readonly" if mount.get("ReadOnly") else "")]
         args.append(self.baseline_tag)
         on(app, " ".join(map(shlex.quote, args)))
         for _ in range(60):
@@ -257,7 +299,8 @@ class Bench:
                   check=False).strip() == "healthy":
                 return f"https://{self.lab.address[app]}:{port}"
             time.sleep(1)
-        raise RuntimeError("the baseline daemon never became healthy")
+        logs = on(app, f"docker logs --tail 30 {BASELINE_CONTAINER} 2>&1", check=False)
+        raise RuntimeError(f"the baseline daemon never became healthy; its log:\n{logs}")
 
     def build_baseline(self):
         ref = self.args.baseline
@@ -275,15 +318,17 @@ class Bench:
 
     def run(self):
         lab, direct = self.lab, f"https://{self.lab.address[self.lab.apps[0]]}:{self.lab.daemon_port}"
-        site, host = f"https://{lab.web_ip}", lab.web_ip
+        site, host = f"https://{lab.web_ip}:443", lab.web_ip  # wrk wants the port itself
         self.prepare_client()
         commit = self.build_baseline()
         print(f"baseline {self.args.baseline} ({commit}); {len(lab.apps)} app hosts; "
-              f"{self.args.threads} threads, {self.args.connections} connections, {self.args.duration} s each")
+              f"{self.args.threads} threads, {self.args.connections} connections, {self.args.duration} s each; "
+              f"daemons limited to {self.args.daemon_cpus or 'no limit of'} CPUs")
         phases = [(True, ("alerts_cached", "post", "health"))]
         if not self.args.uncached_off:
             phases.append((False, ("alerts_uncached",)))
         try:
+            self.seed(direct)
             size = self.static_server()
             print(f"static JSON: {size} bytes")
             for endpoint in ("alerts_cached", "health"):
@@ -291,6 +336,7 @@ class Bench:
             for cached, endpoints in phases:
                 if not cached:
                     kit("playbooks/app.yml", "-e", json.dumps({"daemon_redis_host": ""}))
+                self.limit_daemons(self.args.daemon_cpus)
                 base = self.baseline(cached)
                 for endpoint in endpoints:
                     self.wrk("baseline", endpoint, base, host)
@@ -309,6 +355,7 @@ class Bench:
             # The inventory's own configuration again: site limits for everyone, the cache on.
             if not self.args.uncached_off:
                 kit("playbooks/app.yml")
+            self.limit_daemons(0)
             kit("playbooks/web.yml")
         return commit
 
@@ -359,9 +406,13 @@ def main(argv=None):
     parser.add_argument("--duration", type=int, default=15, help="seconds per wrk run (bounded: 5..120)")
     parser.add_argument("--connections", type=int, default=20, help="wrk connections (1..200)")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--daemon-cpus", type=float, default=0,
+                        help="CPUs each daemon container may use during the run (0: no limit)")
     parser.add_argument("--no-uncached", dest="uncached_off", action="store_true",
                         help="skip the uncached phase (two app.yml runs fewer)")
     args = parser.parse_args(argv)
+    if args.daemon_cpus < 0 or args.daemon_cpus > (os.cpu_count() or 1):
+        parser.error("--daemon-cpus 0 (no limit) up to the machine's CPUs")
     if not 5 <= args.duration <= 120 or not 1 <= args.connections <= 200 or not 1 <= args.threads <= args.connections:
         parser.error("--duration 5..120, --connections 1..200, --threads 1..connections")
     os.makedirs(OUT, exist_ok=True)
