@@ -40,7 +40,8 @@ RUNNER = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY)
 
 HOSTS = RUNNER.get_hosts("all")
 DATA = RUNNER.get_hosts("database")[0]
-APP = RUNNER.get_hosts("app")[0]
+APPS = RUNNER.get_hosts("app")
+APP = APPS[0]
 PARALLEL = int(os.environ.get("KIT_BAD_INPUT_PARALLEL", "4"))
 # The only plays a refused run may reach: the preflight's (playbooks/secrets.yml, playbooks/preflight.yml).
 PREFLIGHT_PLAYS = {"Secrets exist and are long enough", "Reach every host before any change",
@@ -180,7 +181,8 @@ CASES = [
      ["firewall_extra_sources", DATA]),
     # Connections: the daemons must not be able to exhaust PostgreSQL (role pgbouncer's validate.yml).
     ("daemons could exhaust PostgreSQL without PgBouncer", {"kit_pgbouncer_enabled": False, "daemon_db_pool_max": 60},
-     None, ["kit_pgbouncer_enabled false", "2 app hosts x daemon_db_pool_max (60 each) = 120 > postgresql_max_connections 100",
+     None, ["kit_pgbouncer_enabled false",
+            f"{len(APPS)} app hosts x daemon_db_pool_max (60 each) = {60 * len(APPS)} > postgresql_max_connections 100",
             "kit_db_reserved_connections 10 = 87", DATA]),
     ("PgBouncer's pool above PostgreSQL's limit", {"pgbouncer_default_pool_size": 200}, None,
      ["pgbouncer_default_pool_size 200 + pgbouncer_reserve_pool_size 0 = 200", "= 87", DATA]),
