@@ -1,0 +1,223 @@
+"""The Patroni cluster as the kit builds it: one primary, streaming replicas,
+the kit's roles, grants and settings on every member, secure by default."""
+
+import socket
+import ssl
+import time
+import uuid
+
+import psycopg2
+import pytest
+
+from helpers import (
+    CA_FILE,
+    MEMBERS,
+    api,
+    cluster,
+    connect,
+    healthy,
+    leader,
+    psql,
+    run_playbook,
+    secret,
+    wait_for,
+)
+
+
+def test_one_primary_and_every_other_member_streaming_with_one_synchronous_standby():
+    data = wait_for(lambda: (lambda d: d if healthy(d) else None)(cluster()), 60, what="a healthy cluster")
+    roles = sorted(m["role"] for m in data["members"])
+    assert len(data["members"]) == 3
+    assert roles.count("leader") == 1, data
+    # synchronous_mode: exactly one standby is synchronous, the other asynchronous.
+    assert roles.count("sync_standby") == 1, data
+    assert {m["timeline"] for m in data["members"]} == {data["members"][0]["timeline"]}
+
+
+def test_primary_has_an_active_physical_slot_for_each_replica():
+    lead = leader(cluster())
+    slots = dict(line.split("|") for line in psql(lead, "SELECT slot_name, active FROM pg_replication_slots "
+                                                        "WHERE slot_type = 'physical'", db="postgres"))
+    others = {name.replace("-", "_") for name in MEMBERS if name != lead}
+    assert set(slots) == others
+    assert set(slots.values()) == {"t"}
+
+
+def test_a_write_on_the_primary_is_read_on_every_replica():
+    alert_id = f"ha-read-{uuid.uuid4()}"
+    with connect() as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO alerts (id, level, title, timestamp) VALUES (%s, 'info', 'replicated', now())",
+                    (alert_id,))
+    for name, address in MEMBERS.items():
+        def seen(address=address):
+            with connect([address], read_write=False) as conn, conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM alerts WHERE id = %s", (alert_id,))
+                return cur.fetchone()[0] == 1
+        wait_for(seen, 15, 0.5, f"the row on {name}")
+
+
+def test_a_replica_refuses_writes():
+    lead = leader(cluster())
+    replica = next(name for name in MEMBERS if name != lead)
+    conn = connect([MEMBERS[replica]], read_write=False)
+    with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO alerts (id, level, title, timestamp) VALUES ('no', 'info', 'x', now())")
+    conn.close()
+
+
+def test_multi_host_connection_string_finds_the_primary_whatever_the_order():
+    lead = leader(cluster())
+    for first in MEMBERS.values():
+        hosts = [first] + [a for a in MEMBERS.values() if a != first]
+        with connect(hosts) as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_is_in_recovery(), inet_server_addr()::text")
+            in_recovery, address = cur.fetchone()
+        assert in_recovery is False
+        assert address.split("/")[0] == MEMBERS[lead]
+
+
+def test_replication_and_rewind_roles_have_least_privilege_and_scram_passwords():
+    lead = leader(cluster())
+    rows = psql(lead, "SELECT rolname, rolsuper, rolreplication, rolcreaterole, rolcreatedb, rolbypassrls, "
+                      "rolcanlogin, left(rolpassword, 14) FROM pg_authid "
+                      "WHERE rolname IN ('replicator', 'rewinder', 'claude_app') ORDER BY 1", db="postgres")
+    assert rows == [
+        "claude_app|f|f|f|f|f|t|SCRAM-SHA-256$",
+        "replicator|f|t|f|f|f|t|SCRAM-SHA-256$",
+        "rewinder|f|f|f|f|f|t|SCRAM-SHA-256$",
+    ]
+    # pg_rewind's role may run exactly the functions it needs, and owns nothing.
+    grants = psql(lead, "SELECT p.oid::regprocedure FROM pg_proc p "
+                        "WHERE has_function_privilege('rewinder', p.oid, 'EXECUTE') "
+                        "AND p.proacl IS NOT NULL AND p.proname IN ('pg_ls_dir', 'pg_stat_file', 'pg_read_binary_file') "
+                        "ORDER BY 1", db="postgres")
+    assert len(grants) == 4, grants
+
+
+def test_replication_role_is_admitted_from_members_only():
+    lead = leader(cluster())
+    # From the controller (not a member): no pg_hba line admits it.
+    with pytest.raises(psycopg2.OperationalError, match="no pg_hba.conf entry"):
+        psycopg2.connect(host=MEMBERS[lead], port=5432, user="replicator", dbname="postgres",
+                         password=secret("postgresql_replication_password"), sslmode="verify-full",
+                         sslrootcert=CA_FILE, connect_timeout=5)
+    hba = psql(lead, "SELECT type, database[1], user_name[1], address, auth_method FROM pg_hba_file_rules "
+                     "WHERE user_name[1] IN ('replicator', 'rewinder') ORDER BY 3, 4", db="postgres")
+    expected = sorted(
+        [f"hostssl|replication|replicator|{a}|scram-sha-256" for a in ["127.0.0.1", *MEMBERS.values()]]
+        + [f"hostssl|postgres|rewinder|{a}|scram-sha-256" for a in MEMBERS.values()],
+        key=lambda line: (line.split("|")[2], line.split("|")[3]),
+    )
+    assert hba == expected
+    methods = set(psql(lead, "SELECT DISTINCT auth_method FROM pg_hba_file_rules", db="postgres"))
+    assert methods <= {"peer", "scram-sha-256"}, methods
+
+
+@pytest.mark.parametrize("name", list(MEMBERS))
+def test_every_member_runs_with_the_kits_settings(name):
+    rows = psql(name, "SELECT name || '=' || setting FROM pg_settings WHERE name IN ("
+                      "'ssl', 'password_encryption', 'shared_preload_libraries', 'wal_log_hints', 'data_checksums', "
+                      "'hot_standby', 'max_connections', 'shared_buffers', 'log_connections', 'wal_level', "
+                      "'ssl_min_protocol_version') ORDER BY name", db="postgres")
+    assert rows == [
+        "data_checksums=on",
+        "hot_standby=on",
+        "log_connections=on",
+        "max_connections=100",
+        "password_encryption=scram-sha-256",
+        # 256MB (the pg_tune filter's 25% of the 1 GiB container) in 8 kB pages.
+        "shared_buffers=32768",
+        "shared_preload_libraries=pg_stat_statements",
+        "ssl=on",
+        "ssl_min_protocol_version=TLSv1.2",
+        "wal_level=replica",
+        "wal_log_hints=on",
+    ]
+
+
+def test_the_kits_schema_reached_every_replica():
+    for name in MEMBERS:
+        tables = psql(name, "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables "
+                            "WHERE schemaname = 'public'")
+        assert tables == ["alerts,fallback_sync_log,predictions,usage_data,users"], (name, tables)
+
+
+def test_the_shared_configuration_is_what_the_kit_declares():
+    status, config = api(next(iter(MEMBERS)), "/config")
+    assert status == 200
+    assert (config["ttl"], config["loop_wait"], config["retry_timeout"]) == (30, 10, 10)
+    assert config["synchronous_mode"] is True
+    assert config["postgresql"]["use_pg_rewind"] is True
+    assert config["postgresql"]["parameters"]["max_connections"] == "100"
+    assert "max_connections" in config["claude_kit_parameters"]
+
+
+def test_changing_the_cluster_through_the_api_needs_the_password():
+    member = next(iter(MEMBERS))
+    status, _ = api(member, "/config", method="PATCH", body={"ttl": 31}, auth=False)
+    assert status == 401
+    status, config = api(member, "/config")
+    assert config["ttl"] == 30
+
+
+def test_etcd_refuses_a_client_without_the_kits_certificate():
+    address = next(iter(MEMBERS.values()))
+    context = ssl.create_default_context(cafile=CA_FILE)
+    with socket.create_connection((address, 2379), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=address) as tls:
+            tls.sendall(b"GET /health HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")
+            # TLS 1.3: the server's refusal of the missing certificate arrives with the first read.
+            with pytest.raises((ssl.SSLError, ConnectionResetError)):
+                tls.recv(1024)
+                tls.recv(1024)
+
+
+def test_a_timing_setting_against_patronis_rule_is_refused_before_any_change():
+    rc, output, recap = run_playbook("-e", "postgresql_patroni_retry_timeout=15")
+    assert rc != 0
+    assert "10 + 2 * 15 = 40 > 30" in output, output[-3000:]
+    assert all(r["changed"] == 0 for r in recap.values()), recap
+    time.sleep(0)
+    assert api(next(iter(MEMBERS)), "/config")[1]["retry_timeout"] == 10
+
+
+def test_verify_runbook_counts_rows_and_prints_the_replication_state():
+    from helpers import PROJECT_DIR
+
+    data = cluster()
+    rc, output, recap = run_playbook(playbook=str(PROJECT_DIR / "playbooks" / "verify.yml"))
+    assert rc == 0, output[-3000:]
+    assert all(r["changed"] == 0 for r in recap.values()), recap
+    assert "table_name" in output and "alerts" in output
+    for member in data["members"]:
+        assert f"{member['name']} / {member['role']} / " in output, output[-3000:]
+    lead = leader(data)
+    # The primary's line for each replica's slot: active, streaming, a lag in bytes.
+    for name in MEMBERS:
+        if name != lead:
+            assert f"{name.replace('-', '_')} / True / " in output, output[-3000:]
+
+
+def test_check_mode_reports_nothing_on_the_converged_cluster_and_a_changed_timing_without_applying_it():
+    # Patroni's part of the role only (the rest is the single server's, tested in the default scenario).
+    rc, output, recap = run_playbook("--check", "--tags", "postgresql_patroni")
+    assert rc == 0, output[-3000:]
+    assert all(r["changed"] == 0 for r in recap.values()), recap
+    rc, output, recap = run_playbook("--check", "--tags", "postgresql_patroni", "-e", "postgresql_patroni_ttl=40")
+    assert rc == 0, output[-3000:]
+    assert 'would get {"ttl": 40}' in output, output[-3000:]
+    assert api(next(iter(MEMBERS)), "/config")[1]["ttl"] == 30
+
+
+def test_a_changed_timing_reaches_the_shared_configuration_and_a_run_without_it_takes_it_back():
+    try:
+        rc, output, recap = run_playbook("--tags", "postgresql_patroni", "-e", "postgresql_patroni_ttl=40")
+        assert rc == 0, output[-3000:]
+        assert 'now holds {"ttl": 40}' in output, output[-3000:]
+        for member in MEMBERS:
+            assert api(member, "/config")[1]["ttl"] == 40
+    finally:
+        rc, output, recap = run_playbook("--tags", "postgresql_patroni")
+    assert rc == 0, output[-3000:]
+    assert api(next(iter(MEMBERS)), "/config")[1]["ttl"] == 30
