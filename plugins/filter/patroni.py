@@ -124,6 +124,14 @@ def _same(current, wanted):
     return _canonical(current) == _canonical(wanted)
 
 
+def _differences(current, wanted, skip):
+    """The keys of `wanted` (but `skip`) whose value `current` lacks or holds otherwise."""
+    return {
+        key: value for key, value in wanted.items()
+        if key != skip and (key not in current or not _same(current[key], value))
+    }
+
+
 def patroni_config_patch(current, wanted, parameters):
     """The PATCH /config body that brings the dynamic configuration to what the kit declares.
 
@@ -135,19 +143,10 @@ def patroni_config_patch(current, wanted, parameters):
     is left alone. An empty mapping means nothing to change.
     """
     current = dict(current or {})
-    patch = {}
-    for key, value in dict(wanted).items():
-        if key == "postgresql":
-            continue
-        if key not in current or not _same(current[key], value):
-            patch[key] = value
+    wanted = dict(wanted)
+    patch = _differences(current, wanted, skip="postgresql")
     cur_pg = dict(current.get("postgresql") or {})
-    pg_patch = {}
-    for key, value in dict(dict(wanted).get("postgresql") or {}).items():
-        if key == "parameters":
-            continue
-        if key not in cur_pg or not _same(cur_pg[key], value):
-            pg_patch[key] = value
+    pg_patch = _differences(cur_pg, dict(wanted.get("postgresql") or {}), skip="parameters")
     cur_params = dict(cur_pg.get("parameters") or {})
     params_patch = {}
     for key, value in dict(parameters).items():
