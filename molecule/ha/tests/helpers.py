@@ -82,7 +82,7 @@ def wait_for(predicate, timeout, interval=1.0, what="condition"):
     while time.monotonic() < deadline:
         try:
             value = predicate()
-        except (OSError, AssertionError, psycopg2.Error) as error:
+        except (OSError, AssertionError, psycopg2.Error, subprocess.CalledProcessError) as error:
             last, value = error, None
         if value:
             return value
@@ -106,7 +106,10 @@ def healthy(data, members=None):
             return False
         if member.get("lag") in (None, "unknown"):
             return False
-    return True
+    # Patroni 3.0 reports a replica as "running" whether or not it streams:
+    # the primary's pg_stat_replication says.
+    streaming = psql(lead, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'", db="postgres")
+    return streaming == [str(len(members) - 1)]
 
 
 def dsn(hosts=None, read_write=True, timeout=3):

@@ -221,3 +221,34 @@ def test_a_changed_timing_reaches_the_shared_configuration_and_a_run_without_it_
         rc, output, recap = run_playbook("--tags", "postgresql_patroni")
     assert rc == 0, output[-3000:]
     assert api(next(iter(MEMBERS)), "/config")[1]["ttl"] == 30
+
+
+def test_a_setting_that_needs_a_restart_restarts_every_member_through_patroni_without_a_failover():
+    before = cluster()
+    lead = leader(before)
+    try:
+        rc, output, recap = run_playbook("--tags", "postgresql_patroni", "-e", "postgresql_max_connections=120")
+        assert rc == 0, output[-3000:]
+        for name in MEMBERS:
+            assert psql(name, "SHOW max_connections", db="postgres") == ["120"], name
+            status, state = api(name, "/patroni")
+            assert not state.get("pending_restart"), (name, state)
+        after = cluster()
+        # Restarted in place: the same primary, on the same timeline.
+        assert leader(after) == lead
+        assert {m["timeline"] for m in after["members"]} == {m["timeline"] for m in before["members"]}
+    finally:
+        rc, output, recap = run_playbook("--tags", "postgresql_patroni")
+    assert rc == 0, output[-3000:]
+    for name in MEMBERS:
+        assert psql(name, "SHOW max_connections", db="postgres") == ["100"], name
+
+
+def test_site_yml_converges_a_clusters_members_in_step_and_changes_nothing_on_a_converged_one():
+    from helpers import PROJECT_DIR
+
+    # No firewall here (the containers lack NET_ADMIN); everything else as a deploy runs it.
+    rc, output, recap = run_playbook("-e", "firewall_enabled=false", playbook=str(PROJECT_DIR / "site.yml"))
+    assert rc == 0, output[-3000:]
+    assert "PLAY [Database tier as a Patroni cluster" in output
+    assert all(r["changed"] == 0 for r in recap.values()), recap
