@@ -1,11 +1,13 @@
 """Shared by the ha scenario's tests: the members, Patroni's REST API, clients."""
 
+import base64
 import json
 import os
 import pathlib
 import re
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -42,8 +44,6 @@ def api(member, path, method="GET", body=None, auth=True, timeout=5):
         data = json.dumps(body).encode()
         request.add_header("Content-Type", "application/json")
     if auth and method != "GET":
-        import base64
-
         token = base64.b64encode(f"patroni:{secret('postgresql_patroni_api_password')}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     try:
@@ -193,8 +193,6 @@ class WriteLoad:
         self._thread = None
 
     def _run(self):
-        import threading  # noqa: F401  (documenting that this runs in a thread)
-
         start = time.monotonic()
         conn = None
         n = 0
@@ -234,8 +232,6 @@ class WriteLoad:
             conn.close()
 
     def start(self):
-        import threading
-
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self

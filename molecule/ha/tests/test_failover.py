@@ -5,8 +5,11 @@ again; then a planned switchover. Runs after test_cluster.py (file order)."""
 import json
 import os
 import pathlib
+import threading
 import time
 import uuid
+
+import psycopg2
 
 from helpers import (
     MEMBERS,
@@ -54,8 +57,6 @@ class PrimaryProbe:
     records when the first of them acknowledged one: the moment a new primary accepts writes."""
 
     def __init__(self, members, prefix):
-        import threading
-
         self.members, self.prefix, self.first = members, prefix, None
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -71,7 +72,7 @@ class PrimaryProbe:
                                     "VALUES (%s, 'info', 'ha probe', now())", (f"{self.prefix}-{n:05d}",))
                     self.first = (time.monotonic(), name)
                     return
-                except Exception:  # noqa: BLE001  (a replica refuses, a dying one times out: both mean "not yet")
+                except psycopg2.Error:  # a replica refuses the write, a dying member times out: both mean "not yet"
                     pass
             time.sleep(0.25)
 
