@@ -21,6 +21,8 @@ import urllib.parse
 
 from .tls import check_pair
 
+# What the daemon may ask libpq for: it writes, so a standby is never what it wants.
+TARGET_SESSION_ATTRS = ("any", "read-write", "primary")
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -33,8 +35,16 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Config:
     db_type: str = "postgresql"
+    # DB_HOST may list several hosts (libpq's multi-host form, a,b,c): db_hosts
+    # holds them, db_ports one port each; db_host and db_port are the text and
+    # the first port, for messages.
     db_host: str = "localhost"
     db_port: int = 5432
+    db_hosts: tuple = ("localhost",)
+    db_ports: tuple = (5432,)
+    # libpq's target_session_attrs: read-write by default when DB_HOST lists
+    # several hosts, so that the daemon's connections find the primary.
+    db_target_session_attrs: str | None = None
     db_name: str = "claude_daemon"
     db_user: str = "claude_app"
     db_password: str = dataclasses.field(default="", repr=False)
@@ -101,7 +111,10 @@ class Config:
         """One loggable line; never contains a password."""
         parts = [f"db_type={self.db_type}"]
         if self.db_type == "postgresql":
-            parts.append(f"db={self.db_user}@{self.db_host}:{self.db_port}/{self.db_name}")
+            where = ",".join(f"{h}:{p}" for h, p in zip(self.db_hosts, self.db_ports))
+            parts.append(f"db={self.db_user}@{where}/{self.db_name}")
+            if self.db_target_session_attrs:
+                parts.append(f"target_session_attrs={self.db_target_session_attrs}")
             parts.append(f"sslmode={self.db_sslmode or 'libpq-default'}")
             parts.append(f"pool_max={self.db_pool_max}")
         parts.append(f"sqlite={self.database_path}")
@@ -158,6 +171,26 @@ def _int(env, name, default, minimum=None, maximum=None):
     if maximum is not None and value > maximum:
         raise ConfigError(f"{name}: must be at most {maximum}, got {value}")
     return value
+
+
+def _hosts_and_ports(env):
+    """DB_HOST's hosts (one, or several as a,b,c) and one port per host from DB_PORT
+    (one port for all, or one per host, as libpq takes them)."""
+    raw = _text(env, "DB_HOST", "localhost")
+    hosts = tuple(h.strip() for h in raw.split(","))
+    for number, host in enumerate(hosts, 1):
+        if not host or any(c.isspace() for c in host):
+            raise ConfigError(f"DB_HOST: host {number} of {len(hosts)} is empty or contains a space, got {raw!r}")
+    raw_ports = _text(env, "DB_PORT", "5432")
+    ports = tuple(_int({"DB_PORT": p}, "DB_PORT", None, 1, 65535) for p in raw_ports.split(","))
+    if None in ports:
+        raise ConfigError(f"DB_PORT: an empty port in {raw_ports!r}")
+    if len(ports) == 1:
+        ports = ports * len(hosts)
+    elif len(ports) != len(hosts):
+        raise ConfigError(f"DB_PORT: {len(ports)} ports for {len(hosts)} hosts in DB_HOST "
+                          "(give one port for all of them, or one per host)")
+    return hosts, ports
 
 
 def _seconds(env, name, default, minimum=0.01):
@@ -337,13 +370,23 @@ def load(env):
         # and the host name unless DB_SSLMODE explicitly says otherwise.
         sslmode = "verify-full"
 
+    hosts, ports = _hosts_and_ports(env)
+    attrs = _text(env, "DB_TARGET_SESSION_ATTRS", None)
+    if attrs is not None and attrs not in TARGET_SESSION_ATTRS:
+        raise ConfigError(f"DB_TARGET_SESSION_ATTRS: expected one of {', '.join(TARGET_SESSION_ATTRS)} "
+                          f"(the daemon writes: a standby cannot serve it), got {attrs!r}")
+    if attrs is None and len(hosts) > 1:
+        attrs = "read-write"
     database_path = _text(env, "DATABASE_PATH", "/data/claude-daemon.db")
     redis_url = _redis_url(env)
     tls_cert, tls_key = _tls_files(env)
     return Config(
         db_type=db_type,
-        db_host=_text(env, "DB_HOST", "localhost"),
-        db_port=_int(env, "DB_PORT", 5432, 1, 65535),
+        db_host=",".join(hosts),
+        db_port=ports[0],
+        db_hosts=hosts,
+        db_ports=ports,
+        db_target_session_attrs=attrs,
         db_name=_text(env, "DB_NAME", "claude_daemon"),
         db_user=_text(env, "DB_USER", "claude_app"),
         db_password=_password(env),

@@ -151,7 +151,8 @@ class Database:
                         if not switched:
                             return True
                 if switched:
-                    log.info("database mode=postgresql host=%s port=%s", self.cfg.db_host, self.cfg.db_port)
+                    log.info("database mode=postgresql host=%s port=%s", self.cfg.db_host,
+                             ",".join(str(p) for p in self.cfg.db_ports))
                     self._notify(None)
                     return True
         finally:

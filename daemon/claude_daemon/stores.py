@@ -67,8 +67,10 @@ class PgStore:
     def __init__(self, cfg):
         self.cfg = cfg
         params = {
-            "host": cfg.db_host,
-            "port": cfg.db_port,
+            # One host, or every host of a replicated cluster (libpq tries them
+            # in turn; target_session_attrs picks the one that takes writes).
+            "host": ",".join(cfg.db_hosts),
+            "port": ",".join(str(p) for p in cfg.db_ports),
             "dbname": cfg.db_name,
             "user": cfg.db_user,
             "connect_timeout": cfg.db_connect_timeout,
@@ -81,7 +83,13 @@ class PgStore:
             "keepalives_idle": 10,
             "keepalives_interval": 5,
             "keepalives_count": 3,
+            # A host that vanishes (killed, cut off) sends no reset: a statement in
+            # flight would wait for TCP's retransmissions (~15 min); this fails it
+            # after 10 s instead, so the request falls back to SQLite.
+            "tcp_user_timeout": 10000,
         }
+        if cfg.db_target_session_attrs:
+            params["target_session_attrs"] = cfg.db_target_session_attrs
         if cfg.db_password:
             params["password"] = cfg.db_password
         if cfg.db_sslmode:
@@ -122,7 +130,12 @@ class PgStore:
                 committing = True
                 conn.commit()
             except psycopg2.Error as exc:
-                broken = is_connection_error(exc, conn)
+                # A write refused as read-only reached a server that is a standby
+                # now (a failover or switchover moved the primary): the
+                # connection is the wrong one, not the write. In a read-only
+                # transaction the same error means query() tried to write.
+                broken = is_connection_error(exc, conn) or (
+                    not readonly and isinstance(exc, psycopg2.errors.ReadOnlySqlTransaction))
                 self.pool.release(conn, discard=broken)
                 if not broken:
                     raise _translate(exc) from exc

@@ -26,7 +26,7 @@ from .daemon_helpers import (APP, APP_PASSWORD, OWNER, ROOT,
                             DaemonProcess, PgDb, RedisServer, free_port, start_redis)
 
 HERE = pathlib.Path(__file__).resolve().parent
-SERVER_FIXTURES = frozenset({"pg_server", "redis_server"})
+SERVER_FIXTURES = frozenset({"pg_server", "pg_two_servers", "redis_server"})
 
 
 def pytest_configure(config):
@@ -61,12 +61,11 @@ def pg_server():
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def pg_db(pg_server):
+def kit_database(pg_server, name=None):
     """A database set up the way the kit does it: tables owned by a NOLOGIN owner
     role, schema.sql and the numbered migrations applied AS the owner, and an
     application role limited to DML through grants and default privileges."""
-    name = "daemon_" + uuid.uuid4().hex[:8]
+    name = name or "daemon_" + uuid.uuid4().hex[:8]
     pg_server.psql(
         f"DO $$ BEGIN "
         f"IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{OWNER}') THEN CREATE ROLE {OWNER} NOLOGIN; END IF; "
@@ -89,6 +88,26 @@ def pg_db(pg_server):
     for path in sorted((ROOT / "files").glob("[0-9][0-9][0-9][0-9]_*.sql")):
         pg_server.psql(f"SET ROLE {OWNER};\n" + path.read_text(), name)
     return PgDb(pg_server, name)
+
+
+@pytest.fixture(scope="session")
+def pg_db(pg_server):
+    """The kit's database on the session's server (kit_database)."""
+    return kit_database(pg_server)
+
+
+@pytest.fixture(scope="module")
+def pg_two_servers():
+    """Two throwaway servers, each with the kit's database under the same name: the
+    members of a replicated cluster as the daemon's multi-host DB_HOST sees them."""
+    module = _pgserver_module()
+    servers = [module.PgServer().start() for _ in range(2)]
+    try:
+        name = "daemon_" + uuid.uuid4().hex[:8]
+        yield [kit_database(server, name) for server in servers]
+    finally:
+        for server in servers:
+            server.stop()
 
 
 @pytest.fixture

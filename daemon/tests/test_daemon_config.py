@@ -46,6 +46,8 @@ def test_booleans(raw, expected):
     ("CACHE_TTL", "0"), ("USAGE_INTERVAL", "inf"), ("RECONCILE_INTERVAL", "soon"), ("DB_TYPE", "mysql"),
     ("BMAD_EXECUTION_ENABLED", "maybe"), ("AUTO_PROJECT_GENERATION", "2"), ("DB_SSLMODE", "strict"),
     ("REDIS_URL", "http://redis:6379"), ("REDIS_URL", "redis://redis:port/0"), ("REDIS_URL", "redis://redis/x"),
+    ("DB_HOST", "db1,,db3"), ("DB_HOST", "db1, db 2"), ("DB_PORT", "5432,"), ("DB_PORT", "5432,70000"),
+    ("DB_TARGET_SESSION_ATTRS", "standby"), ("DB_TARGET_SESSION_ATTRS", "read-only"),
 ])
 def test_bad_value_names_the_variable(name, value):
     with pytest.raises(ConfigError) as err:
@@ -211,3 +213,23 @@ def test_more_than_one_worker_process_is_refused_not_double_counted():
         config.load({"DAEMON_WORKERS": "2"})
     text = str(err.value)
     assert text.startswith("DAEMON_WORKERS: must be 1, got 2") and "DAEMON_THREADS" in text
+
+
+def test_several_hosts_ask_for_the_read_write_one_by_default():
+    cfg = config.load({"DB_HOST": "10.0.0.11,10.0.0.12, 10.0.0.13", "DB_PORT": "6432"})
+    assert cfg.db_hosts == ("10.0.0.11", "10.0.0.12", "10.0.0.13") and cfg.db_ports == (6432, 6432, 6432)
+    assert cfg.db_host == "10.0.0.11,10.0.0.12,10.0.0.13" and cfg.db_port == 6432
+    assert cfg.db_target_session_attrs == "read-write"
+    assert "db=claude_app@10.0.0.11:6432,10.0.0.12:6432,10.0.0.13:6432/claude_daemon" in cfg.summary()
+    assert "target_session_attrs=read-write" in cfg.summary()
+    # One host: libpq's own default (any), unless asked.
+    assert config.load({}).db_target_session_attrs is None
+    assert config.load({"DB_TARGET_SESSION_ATTRS": "primary"}).db_target_session_attrs == "primary"
+
+
+def test_one_port_per_host_or_one_for_all():
+    cfg = config.load({"DB_HOST": "a,b", "DB_PORT": "5432,5433"})
+    assert cfg.db_ports == (5432, 5433)
+    with pytest.raises(ConfigError) as err:
+        config.load({"DB_HOST": "a,b,c", "DB_PORT": "5432,5433"})
+    assert str(err.value).startswith("DB_PORT: 2 ports for 3 hosts")
