@@ -49,7 +49,14 @@ options:
     description: Client key.
     type: path
   connect_timeout:
-    description: Seconds to wait for a connection.
+    description: Seconds to wait for a connection (to each host of a list).
     type: int
     default: 10
+  target_session_attrs:
+    description:
+      - libpq's target_session_attrs. With several hosts in I(login_host) (C(db1,db2,db3), every member of a
+        replicated cluster; I(login_port) applies to each), unset means C(read-write), so that the module
+        reaches the primary wherever it is now. Unset with one host, libpq's default (any).
+    type: str
+    choices: [any, read-write, read-only, primary, standby, prefer-standby]
 """

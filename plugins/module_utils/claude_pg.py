@@ -48,6 +48,12 @@ def pg_argument_spec():
         ssl_cert=dict(type="path"),
         ssl_key=dict(type="path"),
         connect_timeout=dict(type="int", default=10),
+        # Several hosts in login_host (a replicated cluster's members, a,b,c):
+        # unset means read-write, so that a module finds the primary.
+        target_session_attrs=dict(
+            type="str",
+            choices=["any", "read-write", "read-only", "primary", "standby", "prefer-standby"],
+        ),
     )
 
 
@@ -75,6 +81,8 @@ def connect_kwargs(params, db):
         "sslkey": params.get("ssl_key"),
         "connect_timeout": params.get("connect_timeout"),
         "application_name": "claude-kit",
+        "target_session_attrs": params.get("target_session_attrs")
+        or ("read-write" if host and "," in host else None),
     }
     if host:
         kwargs["host"] = host

@@ -40,6 +40,14 @@ def test_socket_without_ssl_mode_keeps_prefer(socket):
     assert claude_pg.connect_kwargs(params(**socket), "d")["sslmode"] == "prefer"
 
 
+def test_several_hosts_ask_for_the_primary_unless_told_otherwise():
+    many = claude_pg.connect_kwargs(params(login_host="10.0.0.11,10.0.0.12"), "d")
+    assert (many["host"], many["target_session_attrs"]) == ("10.0.0.11,10.0.0.12", "read-write")
+    assert "target_session_attrs" not in claude_pg.connect_kwargs(params(login_host="10.0.0.11"), "d")
+    told = claude_pg.connect_kwargs(params(login_host="a,b", target_session_attrs="prefer-standby"), "d")
+    assert told["target_session_attrs"] == "prefer-standby"
+
+
 def test_an_explicit_ssl_mode_wins():
     assert claude_pg.connect_kwargs(params(login_host="127.0.0.1", ssl_mode="disable"), "d")["sslmode"] == "disable"
 
