@@ -1,16 +1,21 @@
 """Shared by the ha scenario's tests: the members, Patroni's REST API, clients."""
 
 import base64
+import concurrent.futures
+import http.client
 import json
 import os
 import pathlib
 import re
 import ssl
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 
 import psycopg2
 
@@ -21,6 +26,11 @@ PROJECT_DIR = pathlib.Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 CONVERGE = str(SCENARIO_DIR / "converge.yml")
 CREDENTIALS = EPHEMERAL_DIR / "credentials"
 CA_FILE = str(CREDENTIALS / "tls" / "ca.crt")
+
+# The reference daemon, run in-process by DaemonLoad as an app host runs it.
+sys.path.insert(0, str(PROJECT_DIR / "daemon"))
+from claude_daemon import config as daemon_config  # importable only after the sys.path insert above
+from claude_daemon.api import App as DaemonApp
 
 # The scenario's members and their addresses (molecule.yml).
 MEMBERS = {f"molecule-ha-db{n}": f"172.30.62.1{n}" for n in (1, 2, 3)}
@@ -250,3 +260,207 @@ class WriteLoad:
     def longest_gap(self):
         times = [t for _id, t, _by in self.acked]
         return max((b - a for a, b in zip(times, times[1:])), default=0.0)
+
+
+class DaemonLoad:
+    """The reference daemon (daemon/), run here on the controller as an app host runs it,
+    given every member in DB_HOST (libpq's multi-host list; read-write chosen), under a
+    bounded load of POSTed alerts with unique ids: `rate` a second, each answered or
+    not within 30 s, at most 16 in flight.
+
+    What a client of the daemon saw is counted: 2xx (acknowledged) or anything else.
+    An acknowledged alert may have gone to the daemon's SQLite fallback first;
+    drained() waits until the daemon is on PostgreSQL again with nothing left
+    to copy back.
+    """
+
+    def __init__(self, prefix, rate=10, max_seconds=150, tmp_dir=None):
+        self.prefix, self.interval, self.max_seconds = prefix, 1.0 / rate, max_seconds
+        self._dir = tmp_dir or tempfile.mkdtemp(prefix="kit-ha-daemon-")
+        cfg = daemon_config.load({
+            "DB_TYPE": "postgresql",
+            "DB_HOST": ",".join(MEMBERS.values()),
+            "DB_PORT": "5432",
+            "DB_NAME": "claude_daemon",
+            "DB_USER": "claude_app",
+            "DB_PASSWORD": secret("postgresql_app_password"),
+            "DB_SSLMODE": "verify-full",
+            "DB_SSLROOTCERT": CA_FILE,
+            "DB_POOL_MAX": "8",
+            "DATABASE_PATH": f"{self._dir}/fallback.db",
+            "RECONCILE_INTERVAL": "1",
+            "USAGE_INTERVAL": "3600",
+        })
+        self.app = DaemonApp(cfg).start(host="127.0.0.1", port=0, background=True)
+        self.acked = []      # (id, monotonic time of the answer)
+        self.failed = []     # (id, status or error)
+        self.slowest = 0.0
+        self._lock = threading.Lock()
+        self._stop = False
+        self._thread = None
+
+    def _post(self, alert_id):
+        began = time.monotonic()
+        conn = http.client.HTTPConnection("127.0.0.1", self.app.port, timeout=30)
+        try:
+            conn.request("POST", "/api/alerts", body=json.dumps({"id": alert_id, "level": "info",
+                                                                  "title": "ha daemon load"}),
+                         headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            body = response.read()
+            outcome = response.status
+        except OSError as error:
+            outcome, body = type(error).__name__, b""
+        finally:
+            conn.close()
+        took = time.monotonic() - began
+        with self._lock:
+            self.slowest = max(self.slowest, took)
+            if isinstance(outcome, int) and 200 <= outcome < 300:
+                self.acked.append((alert_id, time.monotonic()))
+            else:
+                self.failed.append((alert_id, outcome, body[:200].decode(errors="replace")))
+
+    def _run(self):
+        start = time.monotonic()
+        n = 0
+        with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+            while not self._stop and time.monotonic() - start < self.max_seconds:
+                n += 1
+                pool.submit(self._post, f"{self.prefix}-{n:06d}")
+                time.sleep(self.interval)
+        self.sent = n
+
+    def start(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stop = True
+        self._thread.join(timeout=60)
+
+    def health(self):
+        conn = http.client.HTTPConnection("127.0.0.1", self.app.port, timeout=10)
+        try:
+            conn.request("GET", "/health")
+            return json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+
+    def drained(self, timeout=120):
+        """Seconds until the daemon is on PostgreSQL with nothing pending (after stop())."""
+        began = time.monotonic()
+        wait_for(lambda: (lambda h: h["database"] == "postgresql" and h["pending_sync"] == 0)(self.health()),
+                 timeout, 1, "the daemon back on PostgreSQL with its fallback drained")
+        return time.monotonic() - began
+
+    def ids(self):
+        return [i for i, _t in self.acked]
+
+    def close(self):
+        self.app.stop()
+
+
+def stored_counts(ids, hosts=None):
+    """How many times each id is stored, read from the primary (or the hosts given)."""
+    with connect(hosts, read_write=hosts is None) as conn, conn.cursor() as cur:
+        cur.execute("SELECT id, count(*) FROM alerts WHERE id = ANY(%s) GROUP BY id", (list(ids),))
+        return dict(cur.fetchall())
+
+
+def daemon_figures(daemon, stored):
+    """What the daemon's clients saw, and what PostgreSQL holds of it after the fallback drained."""
+    acked = daemon.ids()
+    return {
+        "requests": daemon.sent, "acknowledged_2xx": len(acked), "not_2xx": len(daemon.failed),
+        "lost": sum(1 for i in acked if stored.get(i, 0) != 1),
+        "slowest_answer_s": round(daemon.slowest, 1),
+    }
+
+
+def wait_healthy(alive, timeout):
+    return wait_for(lambda: (lambda d: d if healthy(d, alive) else None)(cluster(alive)), timeout,
+                    what=f"a healthy cluster of {alive}")
+
+
+class PrimaryProbe:
+    """Polls each given member directly (no dead host in the way) with one write every 0.25 s;
+    records when the first of them acknowledged one: the moment a new primary accepts writes."""
+
+    def __init__(self, members, prefix):
+        self.members, self.prefix, self.first = members, prefix, None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        n = 0
+        deadline = time.monotonic() + 120
+        while self.first is None and time.monotonic() < deadline:
+            for name in self.members:
+                n += 1
+                try:
+                    with connect([MEMBERS[name]], read_write=False, timeout=2) as conn, conn.cursor() as cur:
+                        cur.execute("INSERT INTO alerts (id, level, title, timestamp) "
+                                    "VALUES (%s, 'info', 'ha probe', now())", (f"{self.prefix}-{n:05d}",))
+                    self.first = (time.monotonic(), name)
+                    return
+                except psycopg2.Error:  # a replica refuses the write, a dying member times out: both mean "not yet"
+                    pass
+            time.sleep(0.25)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def wait(self):
+        self._thread.join(timeout=130)
+        return self.first
+
+
+def kill_the_primary_under_load(write_rate=20, daemon_rate=10):
+    """docker kill of the primary's container under two bounded loads: a libpq client writing
+    `write_rate` rows a second through the multi-host connection string, and the reference
+    daemon (every member in DB_HOST) taking `daemon_rate` POSTed alerts a second. The loads
+    go on until a new primary has acknowledged writes for 10 s, then the daemon's fallback
+    drains. Returns (figures, load, daemon, stored): what the clients saw and what PostgreSQL
+    holds; the caller asserts (tests/test_failover.py) or reports (bench/failover)."""
+    before = wait_healthy(list(MEMBERS), 90)
+    old = leader(before)
+    survivors = [name for name in MEMBERS if name != old]
+    load = WriteLoad(f"ha-kill-{uuid.uuid4().hex[:8]}", rate=write_rate, max_seconds=150).start()
+    daemon = DaemonLoad(f"ha-kill-daemon-{uuid.uuid4().hex[:8]}", rate=daemon_rate, max_seconds=150).start()
+    time.sleep(5)
+    assert len(load.acked) > 20, load.errors[-5:]
+    assert len(daemon.acked) > 10 and not daemon.failed, daemon.failed[:5]
+    killed_at = time.monotonic()
+    docker("kill", old)
+    probe = PrimaryProbe(survivors, f"ha-probe-{uuid.uuid4().hex[:8]}").start()
+
+    def ten_seconds_on_a_new_primary():
+        after = [t for name in survivors for t in load.acked_after(killed_at, MEMBERS[name])]
+        return bool(after) and time.monotonic() - min(after) > 10
+
+    wait_for(ten_seconds_on_a_new_primary, 120, 0.5, "writes on a new primary")
+    load.stop()
+    daemon.stop()
+    drained = daemon.drained(120)
+    daemon.close()
+    new = leader(wait_healthy(survivors, 60))
+    promoted = probe.wait()
+    acked = load.ids()
+    stored = stored_counts(acked + load.unknown)
+    figures = {
+        "old_primary": old, "new_primary": new,
+        "probe_promoted": promoted[1] if promoted else None,
+        "seconds_to_new_primary": round(promoted[0] - killed_at, 1) if promoted else None,
+        # What the application saw: its first write acknowledged by the new primary.
+        "seconds_to_first_client_write": round(min(load.acked_after(killed_at, MEMBERS[new])) - killed_at, 1)
+        if new in survivors and load.acked_after(killed_at, MEMBERS[new]) else None,
+        "longest_gap_s": round(load.longest_gap(), 1), "acknowledged": len(acked),
+        "lost": sum(1 for i in acked if stored.get(i, 0) != 1),
+        "unknown_outcome": len(load.unknown), "unknown_stored": sum(stored.get(i, 0) for i in load.unknown),
+        "connection_attempts_refused": load.refused,
+        "acked_by_killed_host_after_1s": len(load.acked_after(killed_at + 1, MEMBERS[old])),
+        "daemon": {**daemon_figures(daemon, stored_counts(daemon.ids())), "fallback_drained_s": round(drained, 1)},
+    }
+    return figures, load, daemon, stored

@@ -5,13 +5,12 @@ again; then a planned switchover. Runs after test_cluster.py (file order)."""
 import json
 import os
 import pathlib
-import threading
+import re
 import time
 import uuid
 
-import psycopg2
-
 from helpers import (
+    DaemonLoad,
     MEMBERS,
     PROJECT_DIR,
     LOOP_WAIT,
@@ -19,11 +18,14 @@ from helpers import (
     WriteLoad,
     cluster,
     connect,
+    daemon_figures,
     docker,
-    healthy,
+    kill_the_primary_under_load,
     leader,
     run_playbook,
+    stored_counts,
     wait_for,
+    wait_healthy,
 )
 
 # What the tests below measured: printed (pytest -s) and written to
@@ -40,100 +42,32 @@ def _record(key, figures):
     (directory / "ha-failover.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
-def _stored(ids, hosts=None):
-    """How many times each id is stored, read from the primary (or the hosts given)."""
-    with connect(hosts, read_write=hosts is None) as conn, conn.cursor() as cur:
-        cur.execute("SELECT id, count(*) FROM alerts WHERE id = ANY(%s) GROUP BY id", (list(ids),))
-        return dict(cur.fetchall())
-
-
-def _wait_healthy(alive, timeout):
-    return wait_for(lambda: (lambda d: d if healthy(d, alive) else None)(cluster(alive)), timeout,
-                    what=f"a healthy cluster of {alive}")
-
-
-class PrimaryProbe:
-    """Polls each given member directly (no dead host in the way) with one write every 0.25 s;
-    records when the first of them acknowledged one: the moment a new primary accepts writes."""
-
-    def __init__(self, members, prefix):
-        self.members, self.prefix, self.first = members, prefix, None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        n = 0
-        deadline = time.monotonic() + 120
-        while self.first is None and time.monotonic() < deadline:
-            for name in self.members:
-                n += 1
-                try:
-                    with connect([MEMBERS[name]], read_write=False, timeout=2) as conn, conn.cursor() as cur:
-                        cur.execute("INSERT INTO alerts (id, level, title, timestamp) "
-                                    "VALUES (%s, 'info', 'ha probe', now())", (f"{self.prefix}-{n:05d}",))
-                    self.first = (time.monotonic(), name)
-                    return
-                except psycopg2.Error:  # a replica refuses the write, a dying member times out: both mean "not yet"
-                    pass
-            time.sleep(0.25)
-
-    def start(self):
-        self._thread.start()
-        return self
-
-    def wait(self):
-        self._thread.join(timeout=130)
-        return self.first
-
-
 def test_killing_the_primary_under_write_load_loses_no_acknowledged_write():
-    before = _wait_healthy(list(MEMBERS), 90)
-    old = leader(before)
-    survivors = [name for name in MEMBERS if name != old]
-    load = WriteLoad(f"ha-kill-{uuid.uuid4().hex[:8]}", rate=20, max_seconds=150).start()
-    time.sleep(5)
-    assert len(load.acked) > 20, load.errors[-5:]
-    killed_at = time.monotonic()
-    docker("kill", old)
-    probe = PrimaryProbe(survivors, f"ha-probe-{uuid.uuid4().hex[:8]}").start()
-    # The load goes on until a new primary has acknowledged writes for 10 s.
-    def ten_seconds_on_a_new_primary():
-        after = [t for name in survivors for t in load.acked_after(killed_at, MEMBERS[name])]
-        return bool(after) and time.monotonic() - min(after) > 10
-
-    wait_for(ten_seconds_on_a_new_primary, 120, 0.5, "writes on a new primary")
-    load.stop()
-    after = _wait_healthy(survivors, 60)
-    new = leader(after)
-    promoted = probe.wait()
-    assert promoted is not None and promoted[1] == new, (promoted, new)
-    seconds_to_new_primary = promoted[0] - killed_at
-    # What the application saw: its first write acknowledged by the new primary.
-    first_ack = min(load.acked_after(killed_at, MEMBERS[new]))
-    acked = load.ids()
-    stored = _stored(acked + load.unknown)
-    lost = [i for i in acked if stored.get(i, 0) != 1]
-    _record("kill", {
-        "old_primary": old, "new_primary": new, "seconds_to_new_primary": round(seconds_to_new_primary, 1),
-        "seconds_to_first_client_write": round(first_ack - killed_at, 1),
-        "longest_gap_s": round(load.longest_gap(), 1), "acknowledged": len(acked), "lost": len(lost),
-        "unknown_outcome": len(load.unknown), "unknown_stored": sum(stored.get(i, 0) for i in load.unknown),
-        "connection_attempts_refused": load.refused,
-        "acked_by_killed_host_after_1s": len(load.acked_after(killed_at + 1, MEMBERS[old])),
-    })
-    assert new in survivors
+    # A libpq client through the multi-host connection string and the reference daemon
+    # (every member in its DB_HOST): the daemon's clients must see only 2xx (its SQLite
+    # fallback covers the gap), and everything acknowledged must be in PostgreSQL once.
+    figures, load, daemon, stored = kill_the_primary_under_load()
+    _record("kill", figures)
+    old, new = figures["old_primary"], figures["new_primary"]
+    assert new in MEMBERS and new != old, figures
+    assert figures["probe_promoted"] == new, figures
     # A killed host acknowledges nothing (an answer already on the wire may land within the first second).
-    assert REPORT["kill"]["acked_by_killed_host_after_1s"] == 0
+    assert figures["acked_by_killed_host_after_1s"] == 0
+    lost = [i for i in load.ids() if stored.get(i, 0) != 1]
     assert lost == [], f"{len(lost)} acknowledged writes missing or duplicated: {lost[:5]}"
+    # The daemon's clients: every request answered 2xx, every acknowledged alert stored once.
+    assert daemon.failed == [], daemon.failed[:10]
+    assert figures["daemon"]["lost"] == 0, figures["daemon"]
     # Patroni's promise: the leader lock expires at most ttl after the primary's
     # last loop, and a replica that wakes on that takes over within one loop
     # (loop_wait, 10 s). Measured here: about ttl + 5 when the killed host also
     # led etcd (etcd's new leader grants every lease its full ttl again, plus
     # Patroni's fixed 2 s status request to the dead member); see
     # docs/runbooks/failover.md.
-    assert seconds_to_new_primary <= TTL + LOOP_WAIT, REPORT["kill"]
+    assert figures["seconds_to_new_primary"] <= TTL + LOOP_WAIT, figures
     # A write whose outcome the client could not know is stored at most once.
     assert all(stored.get(i, 0) <= 1 for i in load.unknown)
-    REPORT["kill_ids"] = acked
+    REPORT["kill_ids"] = load.ids()
 
 
 def test_the_killed_host_started_again_rejoins_as_a_replica_with_the_new_primarys_data():
@@ -141,7 +75,7 @@ def test_the_killed_host_started_again_rejoins_as_a_replica_with_the_new_primary
     old = REPORT["kill"]["old_primary"]
     started = time.monotonic()
     docker("start", old)
-    data = _wait_healthy(list(MEMBERS), 180)
+    data = wait_healthy(list(MEMBERS), 180)
     rejoined = time.monotonic() - started
     member = next(m for m in data["members"] if m["name"] == old)
     assert member["role"] in ("replica", "sync_standby")
@@ -149,17 +83,35 @@ def test_the_killed_host_started_again_rejoins_as_a_replica_with_the_new_primary
     # Every write acknowledged during the failover is on the former primary now.
     ids = REPORT["kill_ids"]
     stored = wait_for(lambda: (lambda s: s if len(s) == len(ids) else None)(
-        _stored(ids, [MEMBERS[old]])), 30, 1, "the acknowledged rows on the rejoined host")
+        stored_counts(ids, [MEMBERS[old]])), 30, 1, "the acknowledged rows on the rejoined host")
     assert set(stored.values()) == {1}
     _record("rejoin", {"host": old, "seconds": round(rejoined, 1)})
 
 
+def test_verify_runbook_follows_the_primary_after_the_failover():
+    """playbooks/verify.yml finds the primary (not the first `database` host) and counts there:
+    every alert the failover's load had acknowledged is counted."""
+    assert "kill" in REPORT, "runs after the kill test"
+    current = leader(wait_healthy(list(MEMBERS), 60))
+    assert current == REPORT["kill"]["new_primary"]
+    with connect() as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM alerts")
+        alerts = cur.fetchone()[0]
+    rc, output, recap = run_playbook(playbook=str(PROJECT_DIR / "playbooks" / "verify.yml"))
+    assert rc == 0, output[-3000:]
+    table = re.search(r"TASK \[Print the verification table\][^\n]*\n(?:ok|changed): \[(\S+)\]", output)
+    assert table and table.group(1) == current, output[-3000:]
+    assert re.search(rf"alerts\s*\|\s*{alerts}\b", output), (alerts, output[-3000:])
+    assert all(r["changed"] == 0 for r in recap.values()), recap
+
+
 def test_switchover_playbook_moves_the_primary_to_the_named_replica_losing_no_write():
-    before = _wait_healthy(list(MEMBERS), 90)
+    before = wait_healthy(list(MEMBERS), 90)
     old = leader(before)
     # Synchronous mode: only the synchronous standby may be promoted (it has every commit).
     candidate = next(m["name"] for m in before["members"] if m["role"] == "sync_standby")
     load = WriteLoad(f"ha-switch-{uuid.uuid4().hex[:8]}", rate=20, max_seconds=150).start()
+    daemon = DaemonLoad(f"ha-switch-daemon-{uuid.uuid4().hex[:8]}", rate=10, max_seconds=150).start()
     time.sleep(3)
     began = time.monotonic()
     rc, output, recap = run_playbook("-e", f"switchover_candidate={candidate}",
@@ -167,23 +119,30 @@ def test_switchover_playbook_moves_the_primary_to_the_named_replica_losing_no_wr
     took = time.monotonic() - began
     time.sleep(5)
     load.stop()
+    daemon.stop()
+    drained = daemon.drained(120)
+    daemon.close()
     assert rc == 0, output[-3000:]
-    after = _wait_healthy(list(MEMBERS), 60)
+    after = wait_healthy(list(MEMBERS), 60)
     assert leader(after) == candidate
     acked = load.ids()
-    stored = _stored(acked + load.unknown)
+    stored = stored_counts(acked + load.unknown)
     lost = [i for i in acked if stored.get(i, 0) != 1]
     _record("switchover", {
         "from": old, "to": candidate, "playbook_seconds": round(took, 1),
         "longest_gap_s": round(load.longest_gap(), 1), "acknowledged": len(acked), "lost": len(lost),
         "unknown_outcome": len(load.unknown),
+        "daemon": {**daemon_figures(daemon, stored_counts(daemon.ids())), "fallback_drained_s": round(drained, 1)},
     })
     assert lost == []
+    # The daemons kept serving: every request 2xx, every acknowledged alert stored once.
+    assert daemon.failed == [], daemon.failed[:10]
+    assert REPORT["switchover"]["daemon"]["lost"] == 0, REPORT["switchover"]["daemon"]
     assert f"{candidate} is the primary" in output
 
 
 def test_switchover_to_a_host_that_is_not_the_synchronous_standby_is_refused_before_any_change():
-    data = _wait_healthy(list(MEMBERS), 60)
+    data = wait_healthy(list(MEMBERS), 60)
     current = leader(data)
     sync = next(m["name"] for m in data["members"] if m["role"] == "sync_standby")
     asynchronous = next(m["name"] for m in data["members"] if m["name"] not in (current, sync))
