@@ -293,14 +293,14 @@ class DaemonLoad:
         })
         self.app = DaemonApp(cfg).start(host="127.0.0.1", port=0, background=True)
         self.acked = []      # (id, monotonic time of the answer)
-        self.failed = []     # (id, status or error)
-        self.slowest = 0.0
+        self.failed = []     # (id, status or error, body)
+        self.slowest = 0.0   # seconds from a request's due time to its answer (queueing included)
+        self.sent = 0
         self._lock = threading.Lock()
         self._stop = False
         self._thread = None
 
-    def _post(self, alert_id):
-        began = time.monotonic()
+    def _post(self, alert_id, began):
         conn = http.client.HTTPConnection("127.0.0.1", self.app.port, timeout=30)
         try:
             conn.request("POST", "/api/alerts", body=json.dumps({"id": alert_id, "level": "info",
@@ -309,8 +309,8 @@ class DaemonLoad:
             response = conn.getresponse()
             body = response.read()
             outcome = response.status
-        except OSError as error:
-            outcome, body = type(error).__name__, b""
+        except Exception as error:  # pylint: disable=broad-except  (any failure is a failed request, counted)
+            outcome, body = type(error).__name__, str(error).encode()
         finally:
             conn.close()
         took = time.monotonic() - began
@@ -327,9 +327,9 @@ class DaemonLoad:
         with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
             while not self._stop and time.monotonic() - start < self.max_seconds:
                 n += 1
-                pool.submit(self._post, f"{self.prefix}-{n:06d}")
+                self.sent = n
+                pool.submit(self._post, f"{self.prefix}-{n:06d}", time.monotonic())
                 time.sleep(self.interval)
-        self.sent = n
 
     def start(self):
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -339,6 +339,9 @@ class DaemonLoad:
     def stop(self):
         self._stop = True
         self._thread.join(timeout=60)
+        # Every request sent has an outcome: answered 2xx, or counted as failed.
+        assert not self._thread.is_alive(), "the daemon load did not end"
+        assert self.sent == len(self.acked) + len(self.failed), (self.sent, len(self.acked), len(self.failed))
 
     def health(self):
         conn = http.client.HTTPConnection("127.0.0.1", self.app.port, timeout=10)
@@ -359,6 +362,8 @@ class DaemonLoad:
         return [i for i, _t in self.acked]
 
     def close(self):
+        """Stop sending (if still running) and stop the daemon."""
+        self._stop = True
         self.app.stop()
 
 
@@ -429,6 +434,15 @@ def kill_the_primary_under_load(write_rate=20, daemon_rate=10):
     survivors = [name for name in MEMBERS if name != old]
     load = WriteLoad(f"ha-kill-{uuid.uuid4().hex[:8]}", rate=write_rate, max_seconds=150).start()
     daemon = DaemonLoad(f"ha-kill-daemon-{uuid.uuid4().hex[:8]}", rate=daemon_rate, max_seconds=150).start()
+    try:
+        return _kill_under(load, daemon, old, survivors)
+    finally:
+        # Whatever happened, the loads end and the in-process daemon stops (idempotent).
+        load.stop()
+        daemon.close()
+
+
+def _kill_under(load, daemon, old, survivors):
     time.sleep(5)
     assert len(load.acked) > 20, load.errors[-5:]
     assert len(daemon.acked) > 10 and not daemon.failed, daemon.failed[:5]
@@ -444,7 +458,6 @@ def kill_the_primary_under_load(write_rate=20, daemon_rate=10):
     load.stop()
     daemon.stop()
     drained = daemon.drained(120)
-    daemon.close()
     new = leader(wait_healthy(survivors, 60))
     promoted = probe.wait()
     acked = load.ids()
