@@ -130,12 +130,16 @@ class PgStore:
                 committing = True
                 conn.commit()
             except psycopg2.Error as exc:
-                # A write refused as read-only reached a server that is a standby
+                # With target_session_attrs (several hosts, a replicated cluster),
+                # a write refused as read-only reached a server that is a standby
                 # now (a failover or switchover moved the primary): the
-                # connection is the wrong one, not the write. In a read-only
-                # transaction the same error means query() tried to write.
+                # connection is the wrong one, not the write; a new one finds the
+                # primary. In a read-only transaction the same error means
+                # query() tried to write; with one host and no target it is the
+                # server's own setting, reported as before.
                 broken = is_connection_error(exc, conn) or (
-                    not readonly and isinstance(exc, psycopg2.errors.ReadOnlySqlTransaction))
+                    self.cfg.db_target_session_attrs is not None and not readonly
+                    and isinstance(exc, psycopg2.errors.ReadOnlySqlTransaction))
                 self.pool.release(conn, discard=broken)
                 if not broken:
                     raise _translate(exc) from exc
