@@ -180,7 +180,26 @@ def run_playbook(*args, playbook=CONVERGE):
     return proc.returncode, output, recap
 
 
-class WriteLoad:
+class _Background:
+    """A load that runs in a thread of its own until stop() (or its time is up)."""
+
+    _thread = None
+    _stop = False
+
+    def _run(self):
+        raise NotImplementedError
+
+    def start(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout=30):
+        self._stop = True
+        self._thread.join(timeout=timeout)
+
+
+class WriteLoad(_Background):
     """A bounded write load as an application sees it: one INSERT per transaction, unique ids.
 
     Each write either is acknowledged (COMMIT returned), failed before it was
@@ -241,15 +260,6 @@ class WriteLoad:
         if conn is not None:
             conn.close()
 
-    def start(self):
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self):
-        self._stop = True
-        self._thread.join(timeout=30)
-
     def acked_after(self, moment, server=None):
         """Times of acknowledgements after `moment` (by `server` only, if given)."""
         return [t for _id, t, by in self.acked if t > moment and (server is None or by == server)]
@@ -262,7 +272,7 @@ class WriteLoad:
         return max((b - a for a, b in zip(times, times[1:])), default=0.0)
 
 
-class DaemonLoad:
+class DaemonLoad(_Background):
     """The reference daemon (daemon/), run here on the controller as an app host runs it,
     given every member in DB_HOST (libpq's multi-host list; read-write chosen), under a
     bounded load of POSTed alerts with unique ids: `rate` a second, each answered or
@@ -331,14 +341,8 @@ class DaemonLoad:
                 pool.submit(self._post, f"{self.prefix}-{n:06d}", time.monotonic())
                 time.sleep(self.interval)
 
-    def start(self):
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self):
-        self._stop = True
-        self._thread.join(timeout=60)
+    def stop(self, timeout=60):
+        super().stop(timeout)
         # Every request sent has an outcome: answered 2xx, or counted as failed.
         assert not self._thread.is_alive(), "the daemon load did not end"
         assert self.sent == len(self.acked) + len(self.failed), (self.sent, len(self.acked), len(self.failed))
