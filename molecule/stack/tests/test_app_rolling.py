@@ -7,8 +7,8 @@ No request is ever retried: each must get its 2xx on the first try, because Ngin
 request to a daemon that is out of its upstream for its restart. Afterwards every POSTed alert
 is in PostgreSQL exactly once, every app host runs the new image, and every instance is back in
 the upstream. It is not rolled back here (a second roll would add four minutes to the scenario):
-the next site.yml run of the scenario (test_secret_leak.py) builds the scenario's own image again
-and restarts the daemons on it, as any deploy after a rolling update would.
+the next site.yml run of the scenario (conftest.py's production run, near the end) builds the
+scenario's own image again and restarts the daemons on it, as any deploy after a rolling update would.
 """
 
 import os

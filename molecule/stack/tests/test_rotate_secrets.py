@@ -9,10 +9,9 @@ client does. Afterwards: every request got its 2xx, every POSTed alert is in
 PostgreSQL exactly once (once the daemons copied their fallback writes back),
 each old password is refused and each new one accepted, the daemons' secret
 files hold the new values, and the credentials the scenario's inventory reads
-hold them too (test_secret_leak.py, next in file order, then runs site.yml and
-finds nothing to change).
+hold them too (the production run of conftest.py, later, deploys from them).
 
-The values the rotation retires are kept for test_secret_leak.py in
+The values the rotation retires are kept for test_zy_secret_leak.py in
 retired-secrets/ beside the scenario's credentials (0600): they must not
 leak either. No secret is ever passed on a command line here: they go to the
 hosts on stdin (docker exec -i), and a failure names secrets, never shows them.
@@ -179,7 +178,7 @@ def rotation():
     """Runs the rotation under load; returns what the tests look at."""
     wait_for_database("postgresql")
     old = read_secrets(CREDENTIALS)
-    # Kept for test_secret_leak.py: the retired values must not leak either.
+    # Kept for test_zy_secret_leak.py: the retired values must not leak either.
     RETIRED.mkdir(mode=0o700, exist_ok=True)
     for name, value in old.items():
         path = RETIRED / name
@@ -368,7 +367,7 @@ def test_redis_exporter_and_the_redis_check_log_in_with_the_new_monitoring_passw
 
 def test_the_inventory_reads_the_new_values(rotation):
     """The scenario's lookups read these files: site.yml deploys what is running now
-    (test_secret_leak.py runs it and expects no change)."""
+    (the production run of conftest.py deploys from them)."""
     for name in ROTATED:
         path = CREDENTIALS / name
         assert path.read_text() == rotation["new"][name] + "\n", name

@@ -1,10 +1,12 @@
 """No secret leaks: not from a run of site.yml, not into anything a host exposes (issue 11).
 
 Runs after test_rotate_secrets.py (file order), so it sees the rotated stack.
-Its run of `site.yml -vvv --diff` is made to handle secrets for real: with
-tls_force_renew every host gets a new key, and the app hosts' password files
-are removed first so that the run writes them again. The secrets are read
-after that run (new keys included):
+The run it scans is conftest.py's `production_site_run`: `site.yml -vvv --diff`
+through the production inventory (over SSH as `deploy`, sudo, Vault secrets;
+test_zz_production_path.py checks that side of it), made to handle secrets for
+real: with tls_force_renew every host gets a new key, and the app hosts'
+password files are removed first so that the run writes them again. The
+secrets are read after that run (new keys included):
 
   - every password file of the scenario's credentials folder, and the values
     test_rotate_secrets.py retired (retired-secrets/ beside it; a .previous
@@ -40,7 +42,6 @@ import os
 import pathlib
 import re
 import subprocess
-import time
 
 import pytest
 import testinfra.utils.ansible_runner
@@ -49,7 +50,6 @@ from cryptography.hazmat.primitives import serialization
 from helpers import report
 
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
-PROJECT = pathlib.Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 EPHEMERAL = pathlib.Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
 CREDENTIALS = EPHEMERAL / "credentials"
 RETIRED = EPHEMERAL / "retired-secrets"
@@ -266,25 +266,11 @@ def scan_host(name):
     return json.loads(proc.stdout)
 
 
-# Files the run must write again: removed from the app hosts before it, so that
-# the tasks that write secrets really change something in the scanned run.
-DRIFTED = [f"{KIT.get('daemon_config_dir', '/etc/claude-daemon')}/db_password",
-           f"{KIT.get('daemon_config_dir', '/etc/claude-daemon')}/redis_password"]
-
-
 @pytest.fixture(scope="module")
-def site_run():
-    """site.yml at its most verbose, with diffs, on the converged (and rotated) stack, made to
-    change what carries secrets: every host gets a new TLS key (tls_force_renew) and the app
-    hosts' password files, removed first, are written again (and the daemons restarted)."""
-    for name in APP_HOSTS:
-        subprocess.run(["docker", "exec", container(name), "rm", "-f", *DRIFTED], check=True, timeout=60)
-    started = time.monotonic()
-    proc = subprocess.run(["ansible-playbook", "-i", INVENTORY, str(PROJECT / "site.yml"), "-vvv", "--diff",
-                           "-e", "tls_force_renew=true"],
-                          capture_output=True, text=True, timeout=3600, check=False,
-                          env=dict(os.environ, ANSIBLE_NOCOLOR="1"))
-    return {"rc": proc.returncode, "output": proc.stdout + proc.stderr, "seconds": time.monotonic() - started}
+def site_run(production_site_run):
+    """The production run (conftest.py), as this file reads it."""
+    return {"rc": production_site_run["proc"].returncode, "output": production_site_run["output"],
+            "seconds": production_site_run["seconds"]}
 
 
 @pytest.fixture(scope="module")
@@ -316,7 +302,8 @@ def test_site_yml_wrote_the_secrets_and_keys_again(site_run, request):
     each), wrote the removed password files again with their secrets (the scan's control, below,
     finds each in its file), and nothing in its output holds one (the test above)."""
     out = site_run["output"]
-    report(request, f"site.yml -vvv --diff with new keys and rewritten password files: {site_run['seconds']:.0f} s")
+    report(request, f"site.yml -vvv --diff (production inventory, SSH) with new keys and rewritten password files: "
+                    f"{site_run['seconds']:.0f} s")
     recap = {m.group(1): m.groups()[1:] for m in RECAP_RE.finditer(out)}
     # Its output is shown only if it holds no secret (the test above says which).
     tail = out[-4000:] if not found_in(out) else "(output withheld: it holds a secret)"
