@@ -241,12 +241,3 @@ def test_a_setting_that_needs_a_restart_restarts_every_member_through_patroni_wi
     for name in MEMBERS:
         assert psql(name, "SHOW max_connections", db="postgres") == ["100"], name
 
-
-def test_site_yml_converges_a_clusters_members_in_step_and_changes_nothing_on_a_converged_one():
-    from helpers import PROJECT_DIR
-
-    # No firewall here (the containers lack NET_ADMIN); everything else as a deploy runs it.
-    rc, output, recap = run_playbook("-e", "firewall_enabled=false", playbook=str(PROJECT_DIR / "site.yml"))
-    assert rc == 0, output[-3000:]
-    assert "PLAY [Database tier as a Patroni cluster" in output
-    assert all(r["changed"] == 0 for r in recap.values()), recap
