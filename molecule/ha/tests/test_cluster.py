@@ -241,3 +241,11 @@ def test_a_setting_that_needs_a_restart_restarts_every_member_through_patroni_wi
     for name in MEMBERS:
         assert psql(name, "SHOW max_connections", db="postgres") == ["100"], name
 
+
+
+def test_after_the_restarts_through_patroni_a_run_changes_nothing():
+    """The restarts and the timing changed and taken back above leave nothing for the kit to do:
+    a run of the database tier's Patroni part (site.yml, the converge) reports no change."""
+    rc, output, recap = run_playbook("--tags", "postgresql_patroni")
+    assert rc == 0, output[-3000:]
+    assert recap and all(r["changed"] == 0 for r in recap.values()), recap
