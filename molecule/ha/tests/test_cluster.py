@@ -242,7 +242,6 @@ def test_a_setting_that_needs_a_restart_restarts_every_member_through_patroni_wi
         assert psql(name, "SHOW max_connections", db="postgres") == ["100"], name
 
 
-
 def test_after_the_restarts_through_patroni_a_run_changes_nothing():
     """The restarts and the timing changed and taken back above leave nothing for the kit to do:
     a run of the database tier's Patroni part (site.yml, the converge) reports no change."""

@@ -38,29 +38,18 @@ import base64
 import concurrent.futures
 import functools
 import json
-import os
-import pathlib
-import re
 import subprocess
 
 import pytest
-import testinfra.utils.ansible_runner
 from cryptography.hazmat.primitives import serialization
 
 from helpers import report
+from production import APP_HOSTS, CREDENTIALS, EPHEMERAL, HOSTS, KIT, RECAP_RE, RUNNER, container
 
-INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
-EPHEMERAL = pathlib.Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
-CREDENTIALS = EPHEMERAL / "credentials"
 RETIRED = EPHEMERAL / "retired-secrets"
-RUNNER = testinfra.utils.ansible_runner.AnsibleRunner(INVENTORY)
-HOSTS = RUNNER.get_hosts("all")
-APP_HOSTS = set(RUNNER.get_hosts("app"))
 DATABASE_HOSTS = set(RUNNER.get_hosts("database"))
-KIT = RUNNER.get_variables(HOSTS[0])
 testinfra_hosts = ["stack-data"]
 
-RECAP_RE = re.compile(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 # Files others can read, below these (globs); larger files are not read.
 READABLE_ROOTS = ["/etc", "/var/lib/claude*", "/var/lib/postgresql", "/var/lib/redis", "/opt", "/srv", "/run",
                   "/usr/local", "/home", "/tmp", "/var/tmp"]
@@ -247,10 +236,6 @@ def secrets():
 
 def found_in(text):
     return sorted({label for label, value in secrets() if value in text})
-
-
-def container(name):
-    return RUNNER.get_variables(name).get("ansible_host", name)
 
 
 def scan_host(name):
