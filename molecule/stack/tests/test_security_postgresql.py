@@ -396,6 +396,12 @@ def test_the_data_and_log_directories_are_postgres_alone():
     private(setting("data_directory"), 0o700)
     private(setting("log_directory"), 0o700)
     private(f"{setting('log_directory')}/{setting('log_filename')}", 0o600)
+    # What every boot applies (systemd-tmpfiles-setup.service), for this one file name, which
+    # tmpfiles looks up as a boot does (/etc before /usr/lib): Debian's own rule would make the
+    # log directory 1775 root:postgres again; the kit's file of the same name replaces it.
+    DATA.check_output("systemd-tmpfiles --create postgresql-common.conf")
+    private(setting("log_directory"), 0o700)
+    assert DATA.file("/run/postgresql").mode == 0o2775
 
 
 def test_the_configuration_the_kit_renders_is_postgres_alone():
