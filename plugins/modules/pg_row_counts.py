@@ -16,6 +16,9 @@ description:
   - I(mode=exact) counts every row with C(count(*)). I(mode=estimate) reads the planner's
     estimate from the catalog (C(pg_class.reltuples)) instead, which is instant on large tables
     but only as fresh as the last ANALYZE or VACUUM.
+  - I(digest=true) also returns a digest of each table's rows, which does not depend on the rows'
+    order or on the server's version; two servers holding the same rows give the same digest
+    (playbooks/upgrade.yml compares a cluster before and after a major-version upgrade with it).
   - Read-only (it runs in a read-only transaction); never reports a change. Supports check mode.
   - Table names are checked against the catalog and always quoted; an unknown table fails the
     task before anything is read.
@@ -47,6 +50,15 @@ options:
     description: Column whose min and max are reported where a table has it; empty skips them.
     type: str
     default: created_at
+  digest:
+    description:
+      - Also read every row and return a digest of the table's contents in C(digest).
+      - The digest is the sum, as an exact number, of the first 64 bits (signed) of the MD5 of
+        each row's text form, read with fixed output settings (UTC, ISO dates, shortest exact
+        floats, hex bytea), so neither the rows' physical order nor the session's settings change it.
+      - Needs I(mode=exact); it reads the whole table, like C(count(*)).
+    type: bool
+    default: false
 extends_documentation_fragment:
   - claude_kit.stack.claude_pg
 attributes:
@@ -72,6 +84,14 @@ EXAMPLES = r"""
 - name: Print the verification table
   ansible.builtin.debug:
     msg: "{{ counts.report }}"
+
+- name: Counts and digests of every table, to compare with another server's
+  claude_kit.stack.pg_row_counts:
+    db: claude_daemon
+    digest: true
+  become: true
+  become_user: postgres
+  register: before
 
 - name: Fast estimates of every table, over TCP as the app role
   claude_kit.stack.pg_row_counts:
@@ -105,6 +125,9 @@ tables:
       type: str
     newest_record:
       description: Largest I(timestamp_column) value as ISO 8601 text; null if the column is missing or the table empty.
+      type: str
+    digest:
+      description: The digest of the table's rows (see I(digest)), as decimal text; only with I(digest=true).
       type: str
   sample:
     - {"table_name": "alerts", "record_count": 2, "estimated": false,
@@ -152,6 +175,31 @@ def format_value(value):
     return str(value)
 
 
+# Output settings under which a row's text form is the same on every server and
+# in every session (the digest reads rows as text).
+DIGEST_SETTINGS = (
+    ("TimeZone", "UTC"),
+    ("DateStyle", "ISO, YMD"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "1"),
+    ("bytea_output", "hex"),
+)
+
+
+def set_digest_settings(cur):
+    """Fix the output settings for this transaction (SET LOCAL; allowed in a read-only one)."""
+    for name, value in DIGEST_SETTINGS:
+        cur.execute("SELECT set_config(%s, %s, true)", (name, value))
+
+
+def digest_query(ident):
+    """SELECT of a table's digest; the table an identifier, always quoted. ROW(r.*), not a bare
+    r: a bare alias means the column of that name where the table has one."""
+    return sql.SQL(
+        "SELECT coalesce(sum(('x' || left(md5(ROW(r.*)::text), 16))::bit(64)::bigint::numeric), 0)::text FROM {} AS r"
+    ).format(ident)
+
+
 def estimate_from_reltuples(reltuples):
     """pg_class.reltuples -> a row count; -1 (PostgreSQL 14+) means never analyzed -> None."""
     if reltuples is None or reltuples < 0:
@@ -167,6 +215,8 @@ def check_options(params):
         ts_col = check_identifier(params["timestamp_column"], "timestamp_column") if params["timestamp_column"] else ""
     except ValueError as exc:
         raise KitModuleError(str(exc)) from None
+    if params.get("digest") and params["mode"] != "exact":
+        raise KitModuleError("digest needs mode=exact (a digest reads every row; mode=estimate reads none)")
     return schema, wanted, ts_col
 
 
@@ -212,9 +262,14 @@ def count_table(cur, ident, mode, reltuples, ts_col):
 
 def table_row(cur, params, tschema, table, label, ts_col):
     reltuples, has_ts = table_facts(cur, params["db"], tschema, table, ts_col)
-    count, oldest, newest = count_table(cur, sql.Identifier(tschema, table), params["mode"], reltuples, ts_col if has_ts else "")
-    return dict(table_name=label, record_count=count, estimated=params["mode"] == "estimate",
-                oldest_record=format_value(oldest), newest_record=format_value(newest))
+    ident = sql.Identifier(tschema, table)
+    count, oldest, newest = count_table(cur, ident, params["mode"], reltuples, ts_col if has_ts else "")
+    row = dict(table_name=label, record_count=count, estimated=params["mode"] == "estimate",
+               oldest_record=format_value(oldest), newest_record=format_value(newest))
+    if params.get("digest"):
+        cur.execute(digest_query(ident))
+        row["digest"] = cur.fetchone()[0]
+    return row
 
 
 def row_counts(module):
@@ -224,6 +279,8 @@ def row_counts(module):
     conn.set_session(readonly=True)
     cur = conn.cursor()
     try:
+        if params.get("digest"):
+            set_digest_settings(cur)
         labels = list(params["tables"]) if wanted else None
         wanted = wanted or list_tables(cur, schema)
         labels = labels or [table for _schema, table in wanted]
@@ -248,6 +305,7 @@ def main():
             tables=dict(type="list", elements="str", default=[]),
             mode=dict(type="str", default="exact", choices=["exact", "estimate"]),
             timestamp_column=dict(type="str", default="created_at"),
+            digest=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
