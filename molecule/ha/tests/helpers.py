@@ -393,6 +393,69 @@ def wait_healthy(alive, timeout):
                     what=f"a healthy cluster of {alive}")
 
 
+class SocketWriter(_Background):
+    """Writes straight into one member's server through its Unix socket (docker exec, so it
+    reaches a member cut off from the network too), one INSERT a second. An INSERT counts as
+    acknowledged only if psql returned success within 3 s: a commit waiting for a synchronous
+    standby that never answers is not acknowledged (psql is killed at 3 s)."""
+
+    def __init__(self, member, prefix, max_seconds=150):
+        self.member, self.prefix, self.max_seconds = member, prefix, max_seconds
+        self.acked = []      # (id, monotonic time of the acknowledgement)
+        self.unknown = []    # ids sent without an acknowledgement
+        self._stop = False
+        self._thread = None
+
+    def _run(self):
+        start = time.monotonic()
+        n = 0
+        while not self._stop and time.monotonic() - start < self.max_seconds:
+            began = time.monotonic()
+            n += 1
+            alert_id = f"{self.prefix}-{n:05d}"
+            proc = docker("exec", "-u", "postgres", self.member, "timeout", "3", "psql", "-XAtq",
+                          "-v", "ON_ERROR_STOP=1", "-d", "claude_daemon", "-c",
+                          "INSERT INTO alerts (id, level, title, timestamp) "
+                          f"VALUES ('{alert_id}', 'info', 'ha socket', now())", check=False)
+            if proc.returncode == 0:
+                self.acked.append((alert_id, time.monotonic()))
+            else:
+                self.unknown.append(alert_id)
+            spent = time.monotonic() - began
+            if spent < 1.0:
+                time.sleep(1.0 - spent)
+
+    def ids(self):
+        return [i for i, _t in self.acked]
+
+
+class EtcdPartition:
+    """Cuts one member off from the other members' etcd (client port 2379, peer port 2380), both
+    ways, and nothing else: PostgreSQL's replication, Patroni's REST API and the clients still
+    reach it. The scenario's containers share one Docker bridge, whose traffic passes the
+    machine's iptables (bridge-nf-call-iptables), so the rules go into Docker's DOCKER-USER
+    chain there: no capability inside the containers is needed. Only this scenario's addresses
+    are matched; heal() removes exactly the rules cut() added."""
+
+    def __init__(self, member):
+        self.rules = []
+        for peer in MEMBERS:
+            if peer != member:
+                for src, dst in ((MEMBERS[member], MEMBERS[peer]), (MEMBERS[peer], MEMBERS[member])):
+                    self.rules.append(["-s", src, "-d", dst, "-p", "tcp", "-m", "multiport",
+                                       "--dports", "2379,2380", "-j", "DROP"])
+        self.added = []
+
+    def cut(self):
+        for rule in self.rules:
+            subprocess.run(["iptables", "-I", "DOCKER-USER", *rule], check=True, timeout=30)
+            self.added.append(rule)
+
+    def heal(self):
+        while self.added:
+            subprocess.run(["iptables", "-D", "DOCKER-USER", *self.added.pop()], check=True, timeout=30)
+
+
 class PrimaryProbe:
     """Polls each given member directly (no dead host in the way) with one write every 0.25 s;
     records when the first of them acknowledged one: the moment a new primary accepts writes."""

@@ -1,6 +1,7 @@
 """What a failover costs the application, measured: the primary's container
 is killed under a bounded write load (the whole host gone), then started
-again; then a planned switchover. Runs after test_cluster.py (file order)."""
+again; then a planned switchover; then the primary is cut off from etcd.
+Runs after test_cluster.py (file order)."""
 
 import json
 import os
@@ -11,8 +12,11 @@ import uuid
 
 from helpers import (
     DaemonLoad,
+    EtcdPartition,
     MEMBERS,
     PROJECT_DIR,
+    PrimaryProbe,
+    SocketWriter,
     LOOP_WAIT,
     TTL,
     WriteLoad,
@@ -162,3 +166,65 @@ def test_switchover_to_a_host_that_is_not_the_synchronous_standby_is_refused_bef
                                      playbook=str(PROJECT_DIR / "playbooks" / "switchover.yml"))
     assert rc != 0
     assert "no-such-host is not a member" in output, output[-2000:]
+
+
+def test_a_primary_cut_off_from_etcd_demotes_itself_and_no_two_primaries_accept_writes():
+    """The primary is cut off from the other members' etcd (both ways, ports 2379 and 2380)
+    under a bounded write load; PostgreSQL's replication and the clients still reach it. Writes
+    go to the old primary through its own socket and to every other member directly. Patroni on
+    the old primary cannot renew its leader lock and demotes it; the synchronous standby is
+    promoted only after the lock has expired. The old primary's last acknowledged write comes
+    before the new primary's first: no moment had two primaries accepting writes. Healed, it
+    rejoins as a replica of the new primary, and every acknowledged write is stored once."""
+    before = wait_healthy(list(MEMBERS), 90)
+    old = leader(before)
+    survivors = [name for name in MEMBERS if name != old]
+
+    def old_accepts_writes():
+        proc = docker("exec", "-u", "postgres", old, "timeout", "3", "psql", "-XAtq", "-d", "postgres",
+                      "-c", "SELECT NOT pg_is_in_recovery()", check=False)
+        return proc.returncode == 0 and proc.stdout.strip() == "t"
+
+    partition = EtcdPartition(old)
+    load = WriteLoad(f"ha-part-{uuid.uuid4().hex[:8]}", rate=10, max_seconds=150).start()
+    direct = SocketWriter(old, f"ha-part-sock-{uuid.uuid4().hex[:8]}", max_seconds=150).start()
+    try:
+        time.sleep(4)
+        assert len(direct.acked) >= 2 and len(load.acked) > 20, (direct.acked, load.errors[-5:])
+        cut_at = time.monotonic()
+        partition.cut()
+        probe = PrimaryProbe(survivors, f"ha-part-probe-{uuid.uuid4().hex[:8]}").start()
+        demoted = wait_for(lambda: not old_accepts_writes() and time.monotonic(), TTL + LOOP_WAIT, 0.5,
+                           "the cut-off primary demoted")
+        promoted = probe.wait()
+        assert promoted and promoted[1] in survivors, promoted
+        wait_for(lambda: len(load.acked_after(promoted[0])) > 30, 60, 0.5, "writes on the new primary")
+    finally:
+        direct.stop()
+        load.stop()
+        healed_at = time.monotonic()
+        partition.heal()
+    after = wait_healthy(list(MEMBERS), 180)
+    rejoined = time.monotonic() - healed_at
+    new = leader(after)
+    old_acks = [t for _i, t in direct.acked]
+    acked = load.ids() + direct.ids()
+    stored = stored_counts(acked + load.unknown + direct.unknown)
+    figures = {
+        "old_primary": old, "new_primary": new, "seconds_to_new_primary": round(promoted[0] - cut_at, 1),
+        "seconds_to_old_demoted": round(demoted - cut_at, 1), "rejoin_seconds": round(rejoined, 1),
+        "acked_on_old_after_cut": sum(1 for t in old_acks if t > cut_at),
+        "seconds_between_last_old_and_first_new_write": round(promoted[0] - max(old_acks), 1),
+        "acknowledged": len(acked), "lost": sum(1 for i in acked if stored.get(i, 0) != 1),
+        "unknown_outcome": len(load.unknown) + len(direct.unknown),
+    }
+    _record("partition", figures)
+    assert new == promoted[1], figures
+    # Demoted within Patroni's promise (loop_wait + 2 * retry_timeout <= ttl), and every write the
+    # old primary acknowledged came before the first one the new primary did.
+    assert figures["seconds_to_old_demoted"] <= TTL, figures
+    assert max(old_acks) < promoted[0], figures
+    assert figures["lost"] == 0, figures
+    assert all(stored.get(i, 0) <= 1 for i in load.unknown + direct.unknown)
+    member = next(m for m in after["members"] if m["name"] == old)
+    assert member["role"] in ("replica", "sync_standby"), after
