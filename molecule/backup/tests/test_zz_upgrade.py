@@ -46,8 +46,9 @@ def upgraded():
         results = list(pool.map(lambda h: h.run("sh -c %s", RELEASE_UPGRADE), (db, repo)))
     for result in results:
         assert result.rc == 0, result.stderr[-2000:]
-    # The release upgrade keeps 15 serving and makes no 17 cluster (the kit's createcluster.conf).
-    assert db.check_output("pg_lsclusters --no-header").split()[:4] == ["15", "main", "5432", "online"]
+    # The release upgrade keeps 15 serving, and Debian makes no 17 cluster beside it.
+    assert [line.split()[:4] for line in db.check_output("pg_lsclusters --no-header").splitlines()] == [
+        ["15", "main", "5432", "online"]]
     rc, out, recap = run_playbook("upgrade.yml")
     return dict(db=db, repo=repo, prefix=prefix, before=before, rc=rc, out=out, recap=recap,
                 dumps_before=dumps_before)
@@ -106,6 +107,26 @@ def test_pgbackrest_follows_the_new_version(upgraded):
     assert start_unit(repo, "claude-kit-backup-pgbackrest-full.service").rc == 0
     result = json.loads(repo.file(f"{STATE_DIR}/pgbackrest-last.json").content_string)
     assert result["ok"], result
+
+
+def test_without_the_record_of_the_comparison_the_new_cluster_is_not_trusted(upgraded):
+    # As after an upgrade that stopped half-way or whose comparison found a difference: the upgrade
+    # playbook and the database tier's own run both refuse before any change.
+    db = upgraded["db"]
+    record = "/var/lib/postgresql/.claude-kit-upgraded-15-17-main.json"
+    written = json.loads(db.file(record).content_string)
+    assert (written["from"], written["to"]) == ("15", "17")
+    alerts = next(t for t in written["tables"] if t["table_name"] == "alerts")
+    assert alerts["record_count"] == int(upgraded["before"]["alerts"].split()[1]) and alerts["digest"]
+    db.check_output(f"mv {record} {record}.aside")
+    try:
+        rc, out, recap = run_playbook("upgrade.yml")
+        assert rc != 0 and said(out, "nothing records that their comparison passed"), out[-3000:]
+        rc, out, recap = run_playbook("database.yml")
+        assert rc != 0 and said(out, "nothing records that an upgrade between them finished"), out[-3000:]
+        assert all(r["changed"] == 0 for r in recap.values()), recap
+    finally:
+        db.check_output(f"mv {record}.aside {record}")
 
 
 def test_a_second_run_finds_nothing_to_do(upgraded):

@@ -435,25 +435,45 @@ class EtcdPartition:
     reach it. The scenario's containers share one Docker bridge, whose traffic passes the
     machine's iptables (bridge-nf-call-iptables), so the rules go into Docker's DOCKER-USER
     chain there: no capability inside the containers is needed. Only this scenario's addresses
-    are matched; heal() removes exactly the rules cut() added."""
+    are matched, each rule tagged with COMMENT; cut() first removes any tagged rule an
+    interrupted run left behind, heal() removes every tagged rule."""
+
+    COMMENT = "claude-kit-ha-partition"
 
     def __init__(self, member):
+        self.member = member
         self.rules = []
         for peer in MEMBERS:
             if peer != member:
                 for src, dst in ((MEMBERS[member], MEMBERS[peer]), (MEMBERS[peer], MEMBERS[member])):
                     self.rules.append(["-s", src, "-d", dst, "-p", "tcp", "-m", "multiport",
-                                       "--dports", "2379,2380", "-j", "DROP"])
-        self.added = []
+                                       "--dports", "2379,2380", "-m", "comment", "--comment", self.COMMENT,
+                                       "-j", "DROP"])
+
+    @classmethod
+    def purge(cls):
+        """Delete every rule tagged COMMENT from DOCKER-USER (the listing gives each one's spec)."""
+        listing = subprocess.run(["iptables", "-S", "DOCKER-USER"], capture_output=True, text=True,
+                                 check=True, timeout=30).stdout
+        for line in listing.splitlines():
+            if f'--comment {cls.COMMENT}' in line and line.startswith("-A DOCKER-USER "):
+                subprocess.run(["iptables", "-D", "DOCKER-USER", *line.split()[2:]], check=True, timeout=30)
+
+    def reaches_a_peers_etcd(self):
+        peer = next(MEMBERS[name] for name in MEMBERS if name != self.member)
+        probe = docker("exec", self.member, "timeout", "3", "bash", "-c", f"echo > /dev/tcp/{peer}/2379",
+                       check=False)
+        return probe.returncode == 0
 
     def cut(self):
+        self.purge()
         for rule in self.rules:
             subprocess.run(["iptables", "-I", "DOCKER-USER", *rule], check=True, timeout=30)
-            self.added.append(rule)
+        # The rules must really cut it off (they do nothing where bridged traffic skips iptables).
+        assert not self.reaches_a_peers_etcd(), "the iptables rules did not cut the member off from etcd"
 
     def heal(self):
-        while self.added:
-            subprocess.run(["iptables", "-D", "DOCKER-USER", *self.added.pop()], check=True, timeout=30)
+        self.purge()
 
 
 class PrimaryProbe:

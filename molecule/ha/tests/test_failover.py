@@ -186,6 +186,7 @@ def test_a_primary_cut_off_from_etcd_demotes_itself_and_no_two_primaries_accept_
         return proc.returncode == 0 and proc.stdout.strip() == "t"
 
     partition = EtcdPartition(old)
+    assert partition.reaches_a_peers_etcd()
     load = WriteLoad(f"ha-part-{uuid.uuid4().hex[:8]}", rate=10, max_seconds=150).start()
     direct = SocketWriter(old, f"ha-part-sock-{uuid.uuid4().hex[:8]}", max_seconds=150).start()
     try:
