@@ -26,6 +26,10 @@ PROJECT_DIR = pathlib.Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
 CONVERGE = str(SCENARIO_DIR / "converge.yml")
 CREDENTIALS = EPHEMERAL_DIR / "credentials"
 CA_FILE = str(CREDENTIALS / "tls" / "ca.crt")
+# The same CA, and each host's certificate and key, where role tls installs them on the members (kit_tls_*).
+TLS_CA_ON_HOSTS = "/etc/claude-kit/tls/ca.crt"
+TLS_CERT_ON_HOSTS = "/etc/claude-kit/tls/server.crt"
+TLS_KEY_ON_HOSTS = "/etc/claude-kit/tls/server.key"
 
 # The reference daemon, run in-process by DaemonLoad as an app host runs it.
 sys.path.insert(0, str(PROJECT_DIR / "daemon"))
@@ -35,6 +39,8 @@ from claude_daemon.api import App as DaemonApp
 # The scenario's members and their addresses (molecule.yml).
 MEMBERS = {f"molecule-ha-db{n}": f"172.30.62.1{n}" for n in (1, 2, 3)}
 API_PORT = 8008
+# The scenario's Docker network (molecule.yml); the controller is its gateway.
+NETWORK = "claude-molecule-ha"
 TTL = 30
 LOOP_WAIT = 10
 
@@ -154,6 +160,42 @@ def connect(hosts=None, read_write=True, timeout=3):
 
 def docker(*args, check=True):
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=120)
+
+
+# A TCP connect to each (address, port) of argv, side by side, from wherever it
+# runs (a member, a throwaway container): one JSON {"address:port": outcome},
+# the outcome open, timeout (the kit's firewall drops the packets), refused, ...
+CONNECT_EACH = r"""
+import concurrent.futures, json, socket, sys
+def one(target):
+    address, port = target.rsplit(":", 1)
+    try:
+        socket.create_connection((address, int(port)), timeout=3).close()
+        return "open"
+    except socket.timeout:
+        return "timeout"
+    except ConnectionRefusedError:
+        return "refused"
+    except OSError as exc:
+        return type(exc).__name__
+with concurrent.futures.ThreadPoolExecutor(len(sys.argv) - 1) as pool:
+    print(json.dumps(dict(zip(sys.argv[1:], pool.map(one, sys.argv[1:])))))
+"""
+
+
+def connect_each(targets, source):
+    """{"address:port": outcome} of a TCP connect to each target from `source`: a member's name
+    (inside it), "controller" (this process's machine, the network's gateway) or "outsider" (a
+    throwaway container on the scenario's network that is no inventory host)."""
+    if source == "controller":
+        proc = subprocess.run([sys.executable, "-c", CONNECT_EACH, *targets], capture_output=True, text=True,
+                              check=True, timeout=60)
+    elif source == "outsider":
+        proc = docker("run", "--rm", "--network", NETWORK, "--entrypoint", "python3", "claude-kit-base:debian12",
+                      "-c", CONNECT_EACH, *targets)
+    else:
+        proc = docker("exec", source, "python3", "-c", CONNECT_EACH, *targets)
+    return json.loads(proc.stdout)
 
 
 def psql(member, query, db="claude_daemon"):

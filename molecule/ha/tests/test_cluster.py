@@ -1,25 +1,29 @@
 """The Patroni cluster as the kit builds it: one primary, streaming replicas,
 the kit's roles, grants and settings on every member, secure by default."""
 
-import socket
-import ssl
 import uuid
 
 import psycopg2
 import pytest
 
 from helpers import (
+    API_PORT,
     CA_FILE,
     MEMBERS,
     api,
     cluster,
     connect,
+    connect_each,
+    docker,
     healthy,
     leader,
     psql,
     run_playbook,
     secret,
     wait_for,
+    TLS_CA_ON_HOSTS,
+    TLS_CERT_ON_HOSTS,
+    TLS_KEY_ON_HOSTS,
 )
 
 
@@ -160,16 +164,57 @@ def test_changing_the_cluster_through_the_api_needs_the_password():
     assert config["ttl"] == 30
 
 
+# Run inside a member: a TLS client of another member's etcd, with or without a
+# client certificate (argv: address, port, CA file[, certificate, key]).
+ETCD_CLIENT = r"""
+import socket, ssl, sys
+address, port, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+context = ssl.create_default_context(cafile=ca)
+if len(sys.argv) > 4:
+    context.load_cert_chain(sys.argv[4], sys.argv[5])
+with socket.create_connection((address, port), timeout=5) as raw:
+    with context.wrap_socket(raw, server_hostname=address) as tls:
+        tls.sendall(b"GET /health HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")
+        try:
+            # TLS 1.3: the server's refusal of a missing certificate arrives with the first read.
+            print("answered " + (tls.recv(1024) + tls.recv(1024)).decode(errors="replace").split("\r\n")[0])
+        except (ssl.SSLError, ConnectionResetError) as exc:
+            print("refused " + type(exc).__name__)
+"""
+
+
 def test_etcd_refuses_a_client_without_the_kits_certificate():
-    address = next(iter(MEMBERS.values()))
-    context = ssl.create_default_context(cafile=CA_FILE)
-    with socket.create_connection((address, 2379), timeout=5) as raw:
-        with context.wrap_socket(raw, server_hostname=address) as tls:
-            tls.sendall(b"GET /health HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")
-            # TLS 1.3: the server's refusal of the missing certificate arrives with the first read.
-            with pytest.raises((ssl.SSLError, ConnectionResetError)):
-                tls.recv(1024)
-                tls.recv(1024)
+    """From a member (the firewall admits no one else to etcd): without a client certificate
+    etcd ends the TLS session; with the member's own (the control) it answers."""
+    (client, _), (_, server) = list(MEMBERS.items())[:2]
+    base = [server, "2379", TLS_CA_ON_HOSTS]
+    without = docker("exec", client, "python3", "-c", ETCD_CLIENT, *base).stdout.strip()
+    assert without.startswith("refused"), without
+    with_cert = docker("exec", client, "python3", "-c", ETCD_CLIENT, *base, TLS_CERT_ON_HOSTS, TLS_KEY_ON_HOSTS)
+    assert with_cert.stdout.strip() == "answered HTTP/1.1 200 OK", with_cert.stdout + with_cert.stderr
+
+
+def test_the_clusters_ports_answer_the_members_only():
+    """The firewall (role firewall, postgresql_ha: patroni): etcd's client and peer ports, Patroni's
+    API and PostgreSQL answer the other members; a container on the same network that is no
+    inventory host gets no answer at all (its packets are dropped, the connect times out); the
+    controller, admitted by the scenario to PostgreSQL and the API (firewall_extra_sources, as an
+    operator's machine), reaches those two and not etcd."""
+    ports = {"postgresql": 5432, "etcd_client": 2379, "etcd_peer": 2380, "patroni": API_PORT}
+    everything = [f"{address}:{port}" for address in MEMBERS.values() for port in ports.values()]
+    outsider = connect_each(everything, "outsider")
+    assert set(outsider.values()) == {"timeout"}, outsider
+    controller = connect_each(everything, "controller")
+    expected = {f"{address}:{port}": ("timeout" if name.startswith("etcd") else "open")
+                for address in MEMBERS.values() for name, port in ports.items()}
+    assert controller == expected
+    for name, own in MEMBERS.items():
+        others = [target for target in everything if not target.startswith(own + ":")]
+        seen = connect_each(others, name)
+        assert set(seen.values()) == {"open"}, (name, seen)
+    # The rules are the kit's table, loaded at boot by its unit.
+    for name in MEMBERS:
+        assert docker("exec", name, "systemctl", "is-enabled", "claude-kit-firewall.service").stdout.strip() == "enabled"
 
 
 def test_a_timing_setting_against_patronis_rule_is_refused_before_any_change():
