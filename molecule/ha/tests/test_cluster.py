@@ -10,6 +10,7 @@ from helpers import (
     API_PORT,
     CA_FILE,
     MEMBERS,
+    PROJECT_DIR,
     api,
     cluster,
     connect,
@@ -223,6 +224,24 @@ def test_a_timing_setting_against_patronis_rule_is_refused_before_any_change():
     assert "10 + 2 * 15 = 40 > 30" in output, output[-3000:]
     assert all(r["changed"] == 0 for r in recap.values()), recap
     assert api(next(iter(MEMBERS)), "/config")[1]["retry_timeout"] == 10
+
+
+def test_the_backup_tier_is_refused_on_a_cluster_before_any_change(tmp_path):
+    """A `backup` group beside a Patroni cluster (layered on the scenario's inventory) with a
+    backup method on: site.yml stops in the preflight, names the variables, changes nothing.
+    With both methods off, as the message says, the preflight passes."""
+    extra = tmp_path / "backup-group.yml"
+    extra.write_text("backup:\n  hosts:\n    molecule-ha-db3: {}\n")
+    rc, output, recap = run_playbook("-i", str(extra), playbook=str(PROJECT_DIR / "site.yml"))
+    said = " ".join(output.split())
+    assert rc != 0
+    assert "the backup tier does not support a Patroni cluster yet" in said, output[-3000:]
+    assert "Set kit_backup_dump: false and kit_backup_pgbackrest: false" in said, output[-3000:]
+    assert recap and all(r["changed"] == 0 for r in recap.values()), recap
+    rc, output, recap = run_playbook("-i", str(extra), "-e", "kit_backup_dump=false", "-e", "kit_backup_pgbackrest=false",
+                                     playbook=str(PROJECT_DIR / "playbooks" / "preflight.yml"))
+    assert rc == 0, output[-3000:]
+    assert all(r["changed"] == 0 for r in recap.values()), recap
 
 
 def test_verify_runbook_counts_rows_and_prints_the_replication_state():
