@@ -173,14 +173,14 @@ address, port, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 context = ssl.create_default_context(cafile=ca)
 if len(sys.argv) > 4:
     context.load_cert_chain(sys.argv[4], sys.argv[5])
-with socket.create_connection((address, port), timeout=5) as raw:
-    with context.wrap_socket(raw, server_hostname=address) as tls:
-        tls.sendall(b"GET /health HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")
-        try:
-            # TLS 1.3: the server's refusal of a missing certificate arrives with the first read.
+try:
+    with socket.create_connection((address, port), timeout=5) as raw:
+        # TLS 1.2 refuses a missing certificate in the handshake; TLS 1.3 with the first read.
+        with context.wrap_socket(raw, server_hostname=address) as tls:
+            tls.sendall(b"GET /health HTTP/1.1\r\nHost: etcd\r\nConnection: close\r\n\r\n")
             print("answered " + (tls.recv(1024) + tls.recv(1024)).decode(errors="replace").split("\r\n")[0])
-        except (ssl.SSLError, ConnectionResetError) as exc:
-            print("refused " + type(exc).__name__)
+except (ssl.SSLError, ConnectionResetError) as exc:
+    print("refused " + type(exc).__name__)
 """
 
 
@@ -208,7 +208,7 @@ def test_the_clusters_ports_answer_the_members_only():
     controller = connect_each(everything, "controller")
     expected = {f"{address}:{port}": ("timeout" if name.startswith("etcd") else "open")
                 for address in MEMBERS.values() for name, port in ports.items()}
-    assert controller == expected
+    assert controller == expected, (controller, expected)
     for name, own in MEMBERS.items():
         others = [target for target in everything if not target.startswith(own + ":")]
         seen = connect_each(others, name)
@@ -228,8 +228,9 @@ def test_a_timing_setting_against_patronis_rule_is_refused_before_any_change():
 
 def test_the_backup_tier_is_refused_on_a_cluster_before_any_change(tmp_path):
     """A `backup` group beside a Patroni cluster (layered on the scenario's inventory) with a
-    backup method on: site.yml stops in the preflight, names the variables, changes nothing.
-    With both methods off, as the message says, the preflight passes."""
+    backup method on: site.yml stops in the preflight, names the variables, changes nothing;
+    so do playbooks/backup.yml run alone and restore.yml. With both methods off, as the
+    message says, the preflight passes."""
     extra = tmp_path / "backup-group.yml"
     extra.write_text("backup:\n  hosts:\n    molecule-ha-db3: {}\n")
     rc, output, recap = run_playbook("-i", str(extra), playbook=str(PROJECT_DIR / "site.yml"))
@@ -238,6 +239,13 @@ def test_the_backup_tier_is_refused_on_a_cluster_before_any_change(tmp_path):
     assert "the backup tier does not support a Patroni cluster yet" in said, output[-3000:]
     assert "Set kit_backup_dump: false and kit_backup_pgbackrest: false" in said, output[-3000:]
     assert recap and all(r["changed"] == 0 for r in recap.values()), recap
+    # The tier's own playbook run alone (in check mode: its TLS play comes first and the members
+    # must not be touched if the check were missing), and the restore runbook, refuse it too.
+    for playbook, args, needle in (("backup.yml", ["--check"], "the backup tier does not support a cluster yet"),
+                                   ("restore.yml", [], "restore.yml restores a single server")):
+        rc, output, recap = run_playbook("-i", str(extra), *args, playbook=str(PROJECT_DIR / "playbooks" / playbook))
+        assert rc != 0 and needle in " ".join(output.split()), (playbook, output[-3000:])
+        assert recap and all(r["changed"] == 0 for r in recap.values()), (playbook, recap)
     rc, output, recap = run_playbook("-i", str(extra), "-e", "kit_backup_dump=false", "-e", "kit_backup_pgbackrest=false",
                                      playbook=str(PROJECT_DIR / "playbooks" / "preflight.yml"))
     assert rc == 0, output[-3000:]

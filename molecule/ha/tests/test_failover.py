@@ -10,7 +10,12 @@ import re
 import time
 import uuid
 
+import psycopg2
+import pytest
+
 from helpers import (
+    CA_FILE,
+    CREDENTIALS,
     DaemonLoad,
     EtcdPartition,
     MEMBERS,
@@ -27,6 +32,7 @@ from helpers import (
     kill_the_primary_under_load,
     leader,
     run_playbook,
+    secret,
     stored_counts,
     wait_for,
     wait_healthy,
@@ -108,6 +114,34 @@ def test_verify_runbook_follows_the_primary_after_the_failover():
     assert re.findall(r"^ok: \[(\S+)\]", block, re.M) == [current], output[-3000:]
     assert re.search(rf"alerts\s*\|\s*{alerts}\b", output), (alerts, output[-3000:])
     assert all(r["changed"] == 0 for r in recap.values()), recap
+
+
+def test_rotate_secrets_sets_the_new_password_on_the_primary_wherever_it_is_now():
+    """playbooks/rotate-secrets.yml after the failover, when the first `database` host is a
+    replica (which refuses ALTER ROLE): the application role's password changes on the current
+    primary and reaches every member; the new one logs in on each, the old one nowhere."""
+    current = leader(wait_healthy(list(MEMBERS), 60))
+    first = next(iter(MEMBERS))
+    assert current != first, "runs after the kill test moved the primary off the first database host"
+    old = secret("postgresql_app_password")
+    rc, output, recap = run_playbook(
+        "-e", json.dumps({"rotate_secrets_names": ["postgresql_app_password"],
+                          "rotate_secrets_credentials_dir": str(CREDENTIALS)}),
+        playbook=str(PROJECT_DIR / "playbooks" / "rotate-secrets.yml"))
+    assert rc == 0, output[-3000:]
+    new = secret("postgresql_app_password")
+    assert new != old
+    # The ALTER ROLE ran on the current primary only.
+    block = output.split("TASK [Set the roles' passwords as the database tier does]", 1)[1].split("\nPLAY ", 1)[0]
+    assert re.findall(r"^included: \S+ for (\S+)", block, re.M) == [current], block[-2000:]
+    for name, address in MEMBERS.items():
+        with connect([address], read_write=False) as conn, conn.cursor() as cur:
+            cur.execute("SELECT current_user")
+            assert cur.fetchone()[0] == "claude_app", name
+        with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+            psycopg2.connect(host=address, port=5432, dbname="claude_daemon", user="claude_app", password=old,
+                             sslmode="verify-full", sslrootcert=CA_FILE, connect_timeout=5)
+    assert not list(CREDENTIALS.glob("*.previous")), "the lab's old values are forgotten after a good run"
 
 
 def test_switchover_playbook_moves_the_primary_to_the_named_replica_losing_no_write():
