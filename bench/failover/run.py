@@ -10,8 +10,8 @@
    never run it beside `./kit molecule ha` or a `./kit test` that runs that scenario.
 2. Each round (tests/helpers.py's kill_the_primary_under_load, the very code the
    scenario's failover test asserts on): a libpq client writing 20 rows/s through
-   the multi-host connection string and the reference daemon (every member in its
-   DB_HOST) taking 10 POSTed alerts/s; `docker kill` of the primary's container; the
+   the multi-host connection string and the reference daemon (every member's PgBouncer
+   in its DB_HOST) taking 10 POSTed alerts/s; `docker kill` of the primary's container; the
    loads go on until a new primary has acknowledged writes for 10 s, then the daemon's
    SQLite fallback drains. Then `docker start` of the killed host, and the time until
    it streams again as a replica.

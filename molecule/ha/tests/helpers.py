@@ -39,6 +39,9 @@ from claude_daemon.api import App as DaemonApp
 # The scenario's members and their addresses (molecule.yml).
 MEMBERS = {f"molecule-ha-db{n}": f"172.30.62.1{n}" for n in (1, 2, 3)}
 API_PORT = 8008
+POSTGRESQL_PORT = 5432
+# PgBouncer on every member, pooling to that member's own PostgreSQL (kit_pgbouncer_port).
+PGBOUNCER_PORT = 6432
 # The scenario's Docker network (molecule.yml); the controller is its gateway.
 NETWORK = "claude-molecule-ha"
 TTL = 30
@@ -51,8 +54,9 @@ def secret(name):
     return (CREDENTIALS / name).read_text().strip()
 
 
-def api(member, path, method="GET", body=None, auth=True, timeout=5):
-    """Call a member's Patroni REST API over TLS (verified against the kit CA); return (status, json or text)."""
+def api(member, path, method="GET", body=None, auth=True, timeout=5, password=None):
+    """Call a member's Patroni REST API over TLS (verified against the kit CA); return (status, json or text).
+    A change is sent with the API's password (the lab's, or `password`) unless auth is false."""
     context = ssl.create_default_context(cafile=CA_FILE)
     request = urllib.request.Request(f"https://{MEMBERS[member]}:{API_PORT}{path}", method=method)
     data = None
@@ -60,7 +64,8 @@ def api(member, path, method="GET", body=None, auth=True, timeout=5):
         data = json.dumps(body).encode()
         request.add_header("Content-Type", "application/json")
     if auth and method != "GET":
-        token = base64.b64encode(f"patroni:{secret('postgresql_patroni_api_password')}".encode()).decode()
+        password = secret("postgresql_patroni_api_password") if password is None else password
+        token = base64.b64encode(f"patroni:{password}".encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
     try:
         with urllib.request.urlopen(request, data=data, timeout=timeout, context=context) as response:
@@ -128,12 +133,13 @@ def healthy(data, members=None):
     return streaming == [str(len(members) - 1)]
 
 
-def dsn(hosts=None, read_write=True, timeout=3):
-    """libpq connection string as the daemons get it: every member, the read-write one chosen."""
+def dsn(hosts=None, read_write=True, timeout=3, port=POSTGRESQL_PORT):
+    """libpq connection string as the daemons get it: every member, the read-write one chosen
+    (PostgreSQL's own port, or PgBouncer's)."""
     hosts = hosts or list(MEMBERS.values())
     parts = [
         f"host={','.join(hosts)}",
-        "port=" + ",".join(["5432"] * len(hosts)),
+        "port=" + ",".join([str(port)] * len(hosts)),
         "dbname=claude_daemon",
         "user=claude_app",
         f"password={secret('postgresql_app_password')}",
@@ -152,10 +158,30 @@ def dsn(hosts=None, read_write=True, timeout=3):
     return " ".join(parts)
 
 
-def connect(hosts=None, read_write=True, timeout=3):
-    conn = psycopg2.connect(dsn(hosts, read_write, timeout))
+def connect(hosts=None, read_write=True, timeout=3, port=POSTGRESQL_PORT):
+    conn = psycopg2.connect(dsn(hosts, read_write, timeout, port))
     conn.autocommit = True
     return conn
+
+
+def pgbouncer_roles():
+    """{member: True when a read-write login through that member's PgBouncer alone succeeds,
+    False when libpq refuses it as read-only}: the role each PgBouncer hands its clients
+    (the in_hot_standby and default_transaction_read_only it cached from its server). Any
+    other failure (refused login, no answer) is raised."""
+    # libpq 14+ takes the role from the start-up parameters (what PgBouncer caches); an older
+    # one would ask the server through PgBouncer and this would prove nothing about the cache.
+    assert psycopg2.__libpq_version__ >= 140000, psycopg2.__libpq_version__
+    roles = {}
+    for name, address in MEMBERS.items():
+        try:
+            connect([address], port=PGBOUNCER_PORT).close()
+            roles[name] = True
+        except psycopg2.OperationalError as error:
+            if "read-only" not in str(error):
+                raise
+            roles[name] = False
+    return roles
 
 
 def docker(*args, check=True):
@@ -316,9 +342,9 @@ class WriteLoad(_Background):
 
 class DaemonLoad(_Background):
     """The reference daemon (daemon/), run here on the controller as an app host runs it,
-    given every member in DB_HOST (libpq's multi-host list; read-write chosen), under a
-    bounded load of POSTed alerts with unique ids: `rate` a second, each answered or
-    not within 30 s, at most 16 in flight.
+    given every member in DB_HOST (libpq's multi-host list; read-write chosen) on `port`
+    (PgBouncer's, as deployed, or PostgreSQL's own), under a bounded load of POSTed alerts
+    with unique ids: `rate` a second, each answered or not within 30 s, at most 16 in flight.
 
     What a client of the daemon saw is counted: 2xx (acknowledged) or anything else.
     An acknowledged alert may have gone to the daemon's SQLite fallback first;
@@ -326,13 +352,13 @@ class DaemonLoad(_Background):
     to copy back.
     """
 
-    def __init__(self, prefix, rate=10, max_seconds=150, tmp_dir=None):
-        self.prefix, self.interval, self.max_seconds = prefix, 1.0 / rate, max_seconds
+    def __init__(self, prefix, rate=10, max_seconds=150, tmp_dir=None, port=PGBOUNCER_PORT):
+        self.prefix, self.interval, self.max_seconds, self.port = prefix, 1.0 / rate, max_seconds, port
         self._dir = tmp_dir or tempfile.mkdtemp(prefix="kit-ha-daemon-")
         cfg = daemon_config.load({
             "DB_TYPE": "postgresql",
             "DB_HOST": ",".join(MEMBERS.values()),
-            "DB_PORT": "5432",
+            "DB_PORT": str(port),
             "DB_NAME": "claude_daemon",
             "DB_USER": "claude_app",
             "DB_PASSWORD": secret("postgresql_app_password"),
@@ -433,6 +459,13 @@ def daemon_figures(daemon, stored):
 def wait_healthy(alive, timeout):
     return wait_for(lambda: (lambda d: d if healthy(d, alive) else None)(cluster(alive)), timeout,
                     what=f"a healthy cluster of {alive}")
+
+
+def wait_synchronous(timeout=90):
+    """A healthy cluster of every member with a synchronous standby chosen again (Patroni
+    picks one in its next loop after the replicas reconnected)."""
+    return wait_for(lambda: (lambda d: d if healthy(d) and any(m["role"] == "sync_standby" for m in d["members"])
+                             else None)(cluster()), timeout, what="a healthy cluster with a synchronous standby")
 
 
 class SocketWriter(_Background):

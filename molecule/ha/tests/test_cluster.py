@@ -10,6 +10,7 @@ from helpers import (
     API_PORT,
     CA_FILE,
     MEMBERS,
+    PGBOUNCER_PORT,
     PROJECT_DIR,
     api,
     cluster,
@@ -18,6 +19,7 @@ from helpers import (
     docker,
     healthy,
     leader,
+    pgbouncer_roles,
     psql,
     run_playbook,
     secret,
@@ -79,6 +81,27 @@ def test_multi_host_connection_string_finds_the_primary_whatever_the_order():
             in_recovery, address = cur.fetchone()
         assert in_recovery is False
         assert address.split("/")[0] == MEMBERS[lead]
+
+
+def test_each_members_pgbouncer_pools_to_its_own_server_and_reports_its_role():
+    """PgBouncer runs on every member (kit_pgbouncer_enabled) and pools to that member's own
+    PostgreSQL: a read-write login through the primary's PgBouncer succeeds, through a
+    replica's libpq refuses it as read-only; the daemons' list (every member's PgBouncer,
+    read-write) finds the primary whatever the order. Each PgBouncer has its member's role
+    cached after this (the failover tests then need Patroni's callback to refresh it)."""
+    lead = leader(cluster())
+    assert pgbouncer_roles() == {name: name == lead for name in MEMBERS}
+    for first in MEMBERS.values():
+        hosts = [first] + [a for a in MEMBERS.values() if a != first]
+        with connect(hosts, port=PGBOUNCER_PORT) as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_is_in_recovery(), host(inet_server_addr())")
+            assert cur.fetchone() == (False, "127.0.0.1")  # PgBouncer's own login, on loopback
+            assert conn.info.host == MEMBERS[lead]
+    # A replica's PgBouncer passes reads on to its own standby.
+    replica = next(name for name in MEMBERS if name != lead)
+    with connect([MEMBERS[replica]], read_write=False, port=PGBOUNCER_PORT) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_is_in_recovery()")
+        assert cur.fetchone()[0] is True
 
 
 def test_replication_and_rewind_roles_have_least_privilege_and_scram_passwords():
@@ -199,9 +222,11 @@ def test_the_clusters_ports_answer_the_members_only():
     """The firewall (role firewall, postgresql_ha: patroni): etcd's client and peer ports, Patroni's
     API and PostgreSQL answer the other members; a container on the same network that is no
     inventory host gets no answer at all (its packets are dropped, the connect times out); the
-    controller, admitted by the scenario to PostgreSQL and the API (firewall_extra_sources, as an
-    operator's machine), reaches those two and not etcd."""
-    ports = {"postgresql": 5432, "etcd_client": 2379, "etcd_peer": 2380, "patroni": API_PORT}
+    controller, admitted by the scenario to PostgreSQL, PgBouncer and the API
+    (firewall_extra_sources, as an operator's machine and an app host), reaches those and not
+    etcd; PgBouncer is the app hosts' alone, the members do not reach each other's."""
+    ports = {"postgresql": 5432, "etcd_client": 2379, "etcd_peer": 2380, "patroni": API_PORT,
+             "pgbouncer": PGBOUNCER_PORT}
     everything = [f"{address}:{port}" for address in MEMBERS.values() for port in ports.values()]
     outsider = connect_each(everything, "outsider")
     assert set(outsider.values()) == {"timeout"}, outsider
@@ -210,9 +235,13 @@ def test_the_clusters_ports_answer_the_members_only():
                 for address in MEMBERS.values() for name, port in ports.items()}
     assert controller == expected, (controller, expected)
     for name, own in MEMBERS.items():
-        others = [target for target in everything if not target.startswith(own + ":")]
+        # PgBouncer is the app hosts' (none here; the controller stands in for them), not the members'.
+        others = [f"{address}:{port}" for address in MEMBERS.values() if address != own
+                  for kind, port in ports.items() if kind != "pgbouncer"]
         seen = connect_each(others, name)
         assert set(seen.values()) == {"open"}, (name, seen)
+        pooler = connect_each([f"{address}:{PGBOUNCER_PORT}" for address in MEMBERS.values() if address != own], name)
+        assert set(pooler.values()) == {"timeout"}, (name, pooler)
     # The rules are the kit's table, loaded at boot by its unit.
     for name in MEMBERS:
         assert docker("exec", name, "systemctl", "is-enabled", "claude-kit-firewall.service").stdout.strip() == "enabled"

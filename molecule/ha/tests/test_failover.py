@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import re
+import subprocess
 import time
 import uuid
 
@@ -19,23 +20,30 @@ from helpers import (
     DaemonLoad,
     EtcdPartition,
     MEMBERS,
+    PGBOUNCER_PORT,
+    POSTGRESQL_PORT,
     PROJECT_DIR,
     PrimaryProbe,
     SocketWriter,
     LOOP_WAIT,
+    TLS_CA_ON_HOSTS,
     TTL,
     WriteLoad,
+    api,
     cluster,
     connect,
     daemon_figures,
     docker,
     kill_the_primary_under_load,
     leader,
+    pgbouncer_roles,
+    psql,
     run_playbook,
     secret,
     stored_counts,
     wait_for,
     wait_healthy,
+    wait_synchronous,
 )
 
 # What the tests below measured: printed (pytest -s) and written to
@@ -54,8 +62,11 @@ def _record(key, figures):
 
 def test_killing_the_primary_under_write_load_loses_no_acknowledged_write():
     # A libpq client through the multi-host connection string and the reference daemon
-    # (every member in its DB_HOST): the daemon's clients must see only 2xx (its SQLite
-    # fallback covers the gap), and everything acknowledged must be in PostgreSQL once.
+    # (every member's PgBouncer in its DB_HOST, as deployed): the daemon's clients must see
+    # only 2xx (its SQLite fallback covers the gap), and everything acknowledged must be in
+    # PostgreSQL once. Every member's PgBouncer has cached its role before (test_cluster.py),
+    # so the daemon finds the new primary only if that member's PgBouncer dropped what it had
+    # cached (Patroni's callback): drained() waits for it.
     figures, load, daemon, stored = kill_the_primary_under_load()
     _record("kill", figures)
     old, new = figures["old_primary"], figures["new_primary"]
@@ -134,23 +145,120 @@ def test_rotate_secrets_sets_the_new_password_on_the_primary_wherever_it_is_now(
     # The ALTER ROLE ran on the current primary only.
     block = output.split("TASK [Set the roles' passwords as the database tier does]", 1)[1].split("\nPLAY ", 1)[0]
     assert re.findall(r"^included: \S+ for (\S+)", block, re.M) == [current], block[-2000:]
+    # Every member's PgBouncer got the primary's new verifier (its auth_file written on each).
+    block = output.split("TASK [Write PgBouncer's auth_file as the database tier does]", 1)[1].split("\nPLAY ", 1)[0]
+    included = [h for line in re.findall(r"^included: \S+ for (.+)$", block, re.M) for h in line.split(", ")]
+    assert sorted(included) == sorted(MEMBERS), block[-2000:]
     for name, address in MEMBERS.items():
-        with connect([address], read_write=False) as conn, conn.cursor() as cur:
-            cur.execute("SELECT current_user")
-            assert cur.fetchone()[0] == "claude_app", name
-        with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
-            psycopg2.connect(host=address, port=5432, dbname="claude_daemon", user="claude_app", password=old,
-                             sslmode="verify-full", sslrootcert=CA_FILE, connect_timeout=5)
+        # PostgreSQL itself, then the member's PgBouncer (as a daemon would after a failover).
+        for port in (POSTGRESQL_PORT, PGBOUNCER_PORT):
+            with connect([address], read_write=False, port=port) as conn, conn.cursor() as cur:
+                cur.execute("SELECT current_user")
+                assert cur.fetchone()[0] == "claude_app", (name, port)
+            # PostgreSQL says "password authentication failed", PgBouncer "SASL authentication failed".
+            with pytest.raises(psycopg2.OperationalError, match="(password|SASL) authentication failed"):
+                psycopg2.connect(host=address, port=port, dbname="claude_daemon", user="claude_app", password=old,
+                                 sslmode="verify-full", sslrootcert=CA_FILE, connect_timeout=5)
+    assert not list(CREDENTIALS.glob("*.previous")), "the lab's old values are forgotten after a good run"
+
+
+# Run inside a member: log in to another member as `user` with a password on stdin, over TLS
+# verified against the kit's CA; physical replication (IDENTIFY_SYSTEM) for the replication role,
+# the postgres database for pg_rewind's. Prints "ok" or the server's refusal.
+MEMBER_LOGIN = r"""
+set -u
+password=$(cat)
+if [ "$2" = replicator ]; then target="dbname=replication replication=true"; sql=IDENTIFY_SYSTEM
+else target="dbname=postgres"; sql="SELECT 1"; fi
+PGPASSWORD="$password" psql -XAtq "host=$1 port=5432 user=$2 $target sslmode=verify-full sslrootcert=$3 connect_timeout=5" \
+  -c "$sql" >/dev/null 2>/tmp/login.err && echo ok || head -1 /tmp/login.err
+"""
+
+
+def member_login(source, target, user, password):
+    proc = subprocess.run(["docker", "exec", "-i", source, "sh", "-c", MEMBER_LOGIN, "login", MEMBERS[target], user,
+                           TLS_CA_ON_HOSTS], input=password, capture_output=True, text=True, timeout=60, check=True)
+    return proc.stdout.strip()
+
+
+def test_rotate_secrets_changes_patronis_own_passwords_while_the_cluster_serves():
+    """The replication, pg_rewind and REST API passwords, rotated by playbooks/rotate-secrets.yml
+    under a write load: the primary's roles get the new passwords first, then every member's
+    Patroni configuration (reloaded, nothing restarted), so the replicas' next login uses a
+    password the primary already has. Nothing acknowledged is lost, the primary stays, the
+    replicas stream with the new password (their walsenders ended on purpose), the old
+    passwords are refused everywhere."""
+    names = ["postgresql_replication_password", "postgresql_rewind_password", "postgresql_patroni_api_password"]
+    before = wait_synchronous()
+    lead = leader(before)
+    replica = next(name for name in MEMBERS if name != lead)
+    old = {name: secret(name) for name in names}
+    started = {name: psql(name, "SELECT pg_postmaster_start_time()", db="postgres") for name in MEMBERS}
+    load = WriteLoad(f"ha-rotate-{uuid.uuid4().hex[:8]}", rate=20, max_seconds=300).start()
+    try:
+        rc, output, recap = run_playbook(
+            "-e", json.dumps({"rotate_secrets_names": names, "rotate_secrets_credentials_dir": str(CREDENTIALS)}),
+            playbook=str(PROJECT_DIR / "playbooks" / "rotate-secrets.yml"))
+        time.sleep(2)
+    finally:
+        load.stop()
+    assert rc == 0, output[-3000:]
+    # The playbook's own check ran: each member's API took a change with the new password.
+    for task, hosts in (("Patroni: change the shared configuration through this member's REST API with the new "
+                         "password", list(MEMBERS)),):
+        block = output.split(f"TASK [{task}]", 1)[1].split("\nTASK ", 1)[0]
+        assert sorted(re.findall(r"^ok: \[(\S+)\]", block, re.M)) == sorted(hosts), block[-2000:]
+    new = {name: secret(name) for name in names}
+    assert all(new[n] != old[n] for n in names)
+    for name in names:
+        assert old[name] not in output and new[name] not in output, f"{name} shown in the output"
+    stored = stored_counts(load.ids() + load.unknown)
+    lost = [i for i in load.ids() if stored.get(i, 0) != 1]
+    _record("rotate_patroni_secrets", {"acknowledged": len(load.ids()), "lost": len(lost),
+                                       "longest_gap_s": round(load.longest_gap(), 1)})
+    assert lost == []
+    # No member restarted, no failover: one primary all along.
+    after = wait_healthy(list(MEMBERS), 60)
+    assert leader(after) == lead
+    assert {name: psql(name, "SELECT pg_postmaster_start_time()", db="postgres") for name in MEMBERS} == started
+    # The walsenders ended: each replica has to log in again, and does with the new password
+    # (Patroni writes it into the walreceiver's passfile once it sees it not streaming).
+    cut = psql(lead, "SELECT now()", db="postgres")[0]
+    psql(lead, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_replication", db="postgres")
+    began = time.monotonic()
+    wait_for(lambda: psql(lead, "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' "
+                                f"AND backend_start > '{cut}'", db="postgres") == [str(len(MEMBERS) - 1)],
+             60, 1, "every replica streaming again on a new login")
+    REPORT["rotate_patroni_secrets"]["replicas_streaming_again_s"] = round(time.monotonic() - began, 1)
+    _record("rotate_patroni_secrets", REPORT["rotate_patroni_secrets"])
+    wait_synchronous()
+    # From a replica, as Patroni and pg_rewind log in: the new passwords only.
+    for user, name in (("replicator", "postgresql_replication_password"), ("rewinder", "postgresql_rewind_password")):
+        assert member_login(replica, lead, user, new[name]) == "ok", user
+        assert "password authentication failed" in member_login(replica, lead, user, old[name]), user
+    # The REST API takes a change with the new password only (a PATCH that sets what is there).
+    for member in MEMBERS:
+        status, _ = api(member, "/config", method="PATCH", body={"ttl": TTL}, password=old["postgresql_patroni_api_password"])
+        assert status == 401, member
+        status, config = api(member, "/config", method="PATCH", body={"ttl": TTL})
+        assert status == 200 and config["ttl"] == TTL, (member, status, config)
     assert not list(CREDENTIALS.glob("*.previous")), "the lab's old values are forgotten after a good run"
 
 
 def test_switchover_playbook_moves_the_primary_to_the_named_replica_losing_no_write():
-    before = wait_healthy(list(MEMBERS), 90)
+    before = wait_synchronous()
     old = leader(before)
     # Synchronous mode: only the synchronous standby may be promoted (it has every commit).
     candidate = next(m["name"] for m in before["members"] if m["role"] == "sync_standby")
+    # Every member's PgBouncer caches its role now (a login through each): stale after the switch
+    # unless Patroni's callback makes it forget (see the test below).
+    assert pgbouncer_roles() == {name: name == old for name in MEMBERS}
     load = WriteLoad(f"ha-switch-{uuid.uuid4().hex[:8]}", rate=20, max_seconds=150).start()
+    # Two daemons: through every member's PgBouncer (as deployed), and to PostgreSQL directly
+    # (kit_pgbouncer_enabled: false).
     daemon = DaemonLoad(f"ha-switch-daemon-{uuid.uuid4().hex[:8]}", rate=10, max_seconds=150).start()
+    direct = DaemonLoad(f"ha-switch-direct-{uuid.uuid4().hex[:8]}", rate=10, max_seconds=150,
+                        port=POSTGRESQL_PORT).start()
     time.sleep(3)
     began = time.monotonic()
     rc, output, recap = run_playbook("-e", f"switchover_candidate={candidate}",
@@ -159,8 +267,11 @@ def test_switchover_playbook_moves_the_primary_to_the_named_replica_losing_no_wr
     time.sleep(5)
     load.stop()
     daemon.stop()
+    direct.stop()
     drained = daemon.drained(120)
+    drained_direct = direct.drained(120)
     daemon.close()
+    direct.close()
     assert rc == 0, output[-3000:]
     after = wait_healthy(list(MEMBERS), 60)
     assert leader(after) == candidate
@@ -172,16 +283,36 @@ def test_switchover_playbook_moves_the_primary_to_the_named_replica_losing_no_wr
         "longest_gap_s": round(load.longest_gap(), 1), "acknowledged": len(acked), "lost": len(lost),
         "unknown_outcome": len(load.unknown),
         "daemon": {**daemon_figures(daemon, stored_counts(daemon.ids())), "fallback_drained_s": round(drained, 1)},
+        "daemon_direct": {**daemon_figures(direct, stored_counts(direct.ids())),
+                          "fallback_drained_s": round(drained_direct, 1)},
     })
     assert lost == []
     # The daemons kept serving: every request 2xx, every acknowledged alert stored once.
-    assert daemon.failed == [], daemon.failed[:10]
+    assert daemon.failed == [] and direct.failed == [], (daemon.failed[:10], direct.failed[:10])
     assert REPORT["switchover"]["daemon"]["lost"] == 0, REPORT["switchover"]["daemon"]
+    assert REPORT["switchover"]["daemon_direct"]["lost"] == 0, REPORT["switchover"]["daemon_direct"]
     assert f"{candidate} is the primary" in output
 
 
+def test_after_the_switchover_each_members_pgbouncer_reports_the_members_new_role():
+    """PgBouncer hands every client the start-up parameters its pool's first server login
+    reported, in_hot_standby among them, and libpq's read-write choice trusts them. Patroni's
+    callback (claude-kit-patroni-callback) has each member's PgBouncer drop them when the role
+    changes: through the new primary's PgBouncer alone a read-write login succeeds, through the
+    former primary's it is refused (without the callback, the reverse)."""
+    switched = REPORT["switchover"]
+    expected = {name: name == switched["to"] for name in MEMBERS}
+    assert wait_for(lambda: pgbouncer_roles() == expected, 30, 1,
+                    f"every PgBouncer reporting {expected}")
+    # The daemons' list (every member's PgBouncer, read-write) leads to the new primary.
+    with connect(port=PGBOUNCER_PORT) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_is_in_recovery()")
+        assert cur.fetchone()[0] is False
+        assert conn.info.host == MEMBERS[switched["to"]]
+
+
 def test_switchover_to_a_host_that_is_not_the_synchronous_standby_is_refused_before_any_change():
-    data = wait_healthy(list(MEMBERS), 60)
+    data = wait_synchronous()
     current = leader(data)
     sync = next(m["name"] for m in data["members"] if m["role"] == "sync_standby")
     asynchronous = next(m["name"] for m in data["members"] if m["name"] not in (current, sync))
