@@ -204,10 +204,9 @@ def test_rotate_secrets_changes_patronis_own_passwords_while_the_cluster_serves(
         load.stop()
     assert rc == 0, output[-3000:]
     # The playbook's own check ran: each member's API took a change with the new password.
-    for task, hosts in (("Patroni: change the shared configuration through this member's REST API with the new "
-                         "password", list(MEMBERS)),):
-        block = output.split(f"TASK [{task}]", 1)[1].split("\nTASK ", 1)[0]
-        assert sorted(re.findall(r"^ok: \[(\S+)\]", block, re.M)) == sorted(hosts), block[-2000:]
+    task = "Patroni: change the shared configuration through this member's REST API with the new password"
+    block = output.split(f"TASK [{task}]", 1)[1].split("\nTASK ", 1)[0]
+    assert sorted(re.findall(r"^ok: \[(\S+)\]", block, re.M)) == sorted(MEMBERS), block[-2000:]
     new = {name: secret(name) for name in names}
     assert all(new[n] != old[n] for n in names)
     for name in names:
