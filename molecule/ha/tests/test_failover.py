@@ -127,20 +127,40 @@ def test_verify_runbook_follows_the_primary_after_the_failover():
     assert all(r["changed"] == 0 for r in recap.values()), recap
 
 
-def test_rotate_secrets_sets_the_new_password_on_the_primary_wherever_it_is_now():
-    """playbooks/rotate-secrets.yml after the failover, when the first `database` host is a
-    replica (which refuses ALTER ROLE): the application role's password changes on the current
-    primary and reaches every member; the new one logs in on each, the old one nowhere."""
-    current = leader(wait_healthy(list(MEMBERS), 60))
+# The secrets rotate-secrets.yml rotates on a cluster: the application role's and Patroni's own.
+ROTATED = ["postgresql_app_password", "postgresql_replication_password", "postgresql_rewind_password",
+           "postgresql_patroni_api_password"]
+
+
+@pytest.fixture(scope="module")
+def rotation():
+    """One run of playbooks/rotate-secrets.yml for the four secrets, after the failover (the first
+    `database` host is a replica now, which refuses ALTER ROLE), under a write load: what the
+    cluster, the load and the run were before and after. One run, as an operator rotates."""
+    before = wait_synchronous()
+    lead = leader(before)
     first = next(iter(MEMBERS))
-    assert current != first, "runs after the kill test moved the primary off the first database host"
-    old = secret("postgresql_app_password")
-    rc, output, recap = run_playbook(
-        "-e", json.dumps({"rotate_secrets_names": ["postgresql_app_password"],
-                          "rotate_secrets_credentials_dir": str(CREDENTIALS)}),
-        playbook=str(PROJECT_DIR / "playbooks" / "rotate-secrets.yml"))
-    assert rc == 0, output[-3000:]
-    new = secret("postgresql_app_password")
+    old = {name: secret(name) for name in ROTATED}
+    started = {name: psql(name, "SELECT pg_postmaster_start_time()", db="postgres") for name in MEMBERS}
+    load = WriteLoad(f"ha-rotate-{uuid.uuid4().hex[:8]}", rate=20, max_seconds=300).start()
+    try:
+        rc, output, _recap = run_playbook(
+            "-e", json.dumps({"rotate_secrets_names": ROTATED, "rotate_secrets_credentials_dir": str(CREDENTIALS)}),
+            playbook=str(PROJECT_DIR / "playbooks" / "rotate-secrets.yml"))
+        time.sleep(2)
+    finally:
+        load.stop()
+    return {"lead": lead, "first": first, "old": old, "new": {name: secret(name) for name in ROTATED},
+            "started": started, "load": load, "rc": rc, "output": output}
+
+
+def test_rotate_secrets_sets_the_new_password_on_the_primary_wherever_it_is_now(rotation):
+    """The application role's password changes on the current primary and reaches every member;
+    the new one logs in on each (PostgreSQL and PgBouncer), the old one nowhere."""
+    current, output = rotation["lead"], rotation["output"]
+    assert current != rotation["first"], "runs after the kill test moved the primary off the first database host"
+    assert rotation["rc"] == 0, output[-3000:]
+    old, new = rotation["old"]["postgresql_app_password"], rotation["new"]["postgresql_app_password"]
     assert new != old
     # The ALTER ROLE ran on the current primary only.
     block = output.split("TASK [Set the roles' passwords as the database tier does]", 1)[1].split("\nPLAY ", 1)[0]
@@ -181,35 +201,24 @@ def member_login(source, target, user, password):
     return proc.stdout.strip()
 
 
-def test_rotate_secrets_changes_patronis_own_passwords_while_the_cluster_serves():
-    """The replication, pg_rewind and REST API passwords, rotated by playbooks/rotate-secrets.yml
-    under a write load: the primary's roles get the new passwords first, then every member's
-    Patroni configuration (reloaded, nothing restarted), so the replicas' next login uses a
-    password the primary already has. Nothing acknowledged is lost, the primary stays, the
-    replicas stream with the new password (their walsenders ended on purpose), the old
-    passwords are refused everywhere."""
-    names = ["postgresql_replication_password", "postgresql_rewind_password", "postgresql_patroni_api_password"]
-    before = wait_synchronous()
-    lead = leader(before)
+def test_rotate_secrets_changes_patronis_own_passwords_while_the_cluster_serves(rotation):
+    """The replication, pg_rewind and REST API passwords, rotated in the same run under a write
+    load: the primary's roles get the new passwords first, then every member's Patroni
+    configuration (reloaded, nothing restarted), so the replicas' next login uses a password the
+    primary already has. Nothing acknowledged is lost, the primary stays, the replicas stream
+    with the new password (their walsenders ended on purpose), the old passwords are refused
+    everywhere."""
+    names = ROTATED[1:]
+    lead, output, load, started = rotation["lead"], rotation["output"], rotation["load"], rotation["started"]
     replica = next(name for name in MEMBERS if name != lead)
-    old = {name: secret(name) for name in names}
-    started = {name: psql(name, "SELECT pg_postmaster_start_time()", db="postgres") for name in MEMBERS}
-    load = WriteLoad(f"ha-rotate-{uuid.uuid4().hex[:8]}", rate=20, max_seconds=300).start()
-    try:
-        rc, output, recap = run_playbook(
-            "-e", json.dumps({"rotate_secrets_names": names, "rotate_secrets_credentials_dir": str(CREDENTIALS)}),
-            playbook=str(PROJECT_DIR / "playbooks" / "rotate-secrets.yml"))
-        time.sleep(2)
-    finally:
-        load.stop()
-    assert rc == 0, output[-3000:]
+    old, new = rotation["old"], rotation["new"]
+    assert rotation["rc"] == 0, output[-3000:]
     # The playbook's own check ran: each member's API took a change with the new password.
     task = "Patroni: change the shared configuration through this member's REST API with the new password"
     block = output.split(f"TASK [{task}]", 1)[1].split("\nTASK ", 1)[0]
     assert sorted(re.findall(r"^ok: \[(\S+)\]", block, re.M)) == sorted(MEMBERS), block[-2000:]
-    new = {name: secret(name) for name in names}
     assert all(new[n] != old[n] for n in names)
-    for name in names:
+    for name in ROTATED:
         assert old[name] not in output and new[name] not in output, f"{name} shown in the output"
     stored = stored_counts(load.ids() + load.unknown)
     lost = [i for i in load.ids() if stored.get(i, 0) != 1]
