@@ -10,9 +10,7 @@ under /etc and /usr/local, the kit's state, postgresql.auto.conf, the package
 database, the Docker images) before the table and after it.
 
 The runs are independent and fail early, so they run side by side
-(KIT_BAD_INPUT_PARALLEL at a time, 4 by default), under `nice`: they time
-nothing, and `./kit test` runs this scenario beside another lane whose tests
-do (failovers, restores), which should not wait for the cores behind them.
+(KIT_BAD_INPUT_PARALLEL at a time, 4 by default).
 """
 
 import concurrent.futures
@@ -233,7 +231,7 @@ def expand(value, pki):
 
 
 def run_case(workdir, index, extra_vars, extra_inventory):
-    args = ["nice", "-n", "10", "ansible-playbook", "-i", INVENTORY]
+    args = ["ansible-playbook", "-i", INVENTORY]
     if extra_inventory:
         layer = pathlib.Path(workdir, f"inventory-{index}.yml")
         layer.write_text(extra_inventory)
